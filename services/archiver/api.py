@@ -1,0 +1,112 @@
+"""The archiver's REST routes."""
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import msgspec
+from litestar import Response, get
+from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response import Stream
+
+from chatlog import LogError, check_channel
+from servicekit.errors import from_log_error
+
+from archiver.reader import Reader
+
+MAX_LIMIT = 1000
+
+
+class Page(msgspec.Struct, frozen=True):
+    channel: str
+    epoch: str
+    last_seq: int
+    messages: list[msgspec.Raw]
+
+
+class ChannelInfo(msgspec.Struct, frozen=True):
+    channel: str
+    count: int
+    last_seq: int
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str
+    connected: bool
+
+
+def _channel(name: str) -> str:
+    try:
+        return check_channel(name)
+    except LogError as exc:
+        raise from_log_error(exc) from exc
+
+
+@get("/healthz", sync_to_thread=False)
+def healthz(state: State) -> Health:
+    reader: Reader = state.reader
+    return Health(status="ok", connected=reader.chatlog is not None and reader.chatlog.connected)
+
+
+@get("/readyz", sync_to_thread=False)
+def readyz(state: State) -> Response[Health]:
+    reader: Reader = state.reader
+    ok = reader.ready and reader.chatlog is not None and reader.chatlog.connected
+    return Response(Health("ready" if ok else "not_ready", ok), status_code=200 if ok else 503)
+
+
+@get("/messages/{channel:str}")
+async def channel_messages(
+    state: State,
+    channel: FromPath[str],
+    after: Annotated[int, QueryParameter(ge=0)] = 0,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 100,
+) -> Page:
+    reader: Reader = state.reader
+    _channel(channel)
+    try:
+        info = await reader.log().info()
+        records, _ = await reader.page(channel, after, limit, info.max_text)
+    except LogError as exc:
+        raise from_log_error(exc) from exc
+    return Page(
+        channel=channel,
+        epoch=info.epoch,
+        last_seq=info.last_seq,
+        messages=[msgspec.Raw(r) for _, r in records],
+    )
+
+
+@get("/channels")
+async def channels(state: State) -> list[ChannelInfo]:
+    reader: Reader = state.reader
+    try:
+        stats = await reader.log().channel_stats()
+    except LogError as exc:
+        raise from_log_error(exc) from exc
+    return [ChannelInfo(s.channel, s.count, s.last_seq) for s in stats]
+
+
+@get("/export/{channel:str}")
+async def export(state: State, channel: FromPath[str]) -> Stream:
+    reader: Reader = state.reader
+    _channel(channel)
+    try:
+        info = await reader.log().info()
+    except LogError as exc:
+        raise from_log_error(exc) from exc
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            async for line in reader.export(channel, info.max_text, info.last_seq):
+                yield line
+        except LogError as exc:
+            # Headers are gone already: end the body with an error line a reader can see.
+            problem = from_log_error(exc)
+            yield msgspec.json.encode({"error": problem.code, "detail": problem.detail}) + b"\n"
+
+    return Stream(lines(), media_type="application/x-ndjson")
+
+
+ROUTES = [healthz, readyz, channel_messages, channels, export]
+

@@ -1,0 +1,59 @@
+"""The chat node's app factory: wires settings, replica, follower and routes."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from litestar import Litestar
+from litestar.datastructures import State
+
+from chat.api import ROUTES
+from chat.follower import Follower
+from servicekit.http import EXCEPTION_HANDLERS
+from chat.replica import Replica
+from chat.settings import NodeSettings
+from chat.writes import Writer
+from chat.ws import Hub
+
+log = logging.getLogger("chat.app")
+
+
+def create_app(settings: NodeSettings) -> Litestar:
+    replica = Replica(settings.stream.max_text)
+    follower = Follower(settings, replica)
+    hub = Hub()
+    state = State(
+        {
+            "settings": settings,
+            "replica": replica,
+            "follower": follower,
+            "writer": Writer(follower, replica),
+            "hub": hub,
+        }
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        task = asyncio.create_task(follower.run(), name=f"follower {settings.node_id}")
+        log.info("node %s starting", settings.node_id)
+        try:
+            yield
+        finally:
+            await hub.drain(settings.grace)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if follower.chatlog is not None:
+                await follower.chatlog.close()
+            log.info("node %s stopped", settings.node_id)
+
+    return Litestar(
+        route_handlers=ROUTES,
+        state=state,
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        logging_config=None,
+        debug=False,
+    )
+

@@ -1,0 +1,126 @@
+"""Keeps the replica equal to the log: bootstrap, live apply, watchdog, epoch changes.
+
+Bootstrap and live delivery are one ordered consumer from applied+1 (DeliverAll
+on a fresh replica), so there is no hand-over between "history" and "live"
+where a message could fall through. Whatever goes wrong (NATS restart, gap,
+stall, deleted stream) ends the same way: close the consumer, check the
+epoch, and start a new one from applied+1.
+"""
+
+import asyncio
+import logging
+import time
+
+from chatlog import ChatLog, LogError, LogUnavailable, Tail, TailBroken
+
+from chat.replica import Replica
+from chat.settings import NodeSettings
+
+log = logging.getLogger("chat.follower")
+
+
+class Follower:
+    def __init__(self, settings: NodeSettings, replica: Replica) -> None:
+        self._settings = settings
+        self._replica = replica
+        self.chatlog: ChatLog | None = None
+        self.target = 0
+        """The stream's last seq when the current epoch was bootstrapped: readiness."""
+        self.resets = 0
+        self._reconnected = False
+
+    @property
+    def connected(self) -> bool:
+        return self.chatlog is not None and self.chatlog.connected
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.connected
+            and self._replica.epoch is not None
+            and self._replica.applied >= self.target
+        )
+
+    async def run(self) -> None:
+        """The owner task: runs until cancelled."""
+        self.chatlog = await self._connect()
+        backoff = 0.1
+        while True:
+            try:
+                await self._bootstrap_and_follow()
+            except (TailBroken, LogError) as exc:
+                self.resets += 1
+                log.warning(
+                    "consumer reset (%s); resuming from seq %d", exc, self._replica.applied + 1
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+            else:
+                backoff = 0.1
+
+    async def _connect(self) -> ChatLog:
+        backoff = 0.1
+        while True:
+            try:
+                return await ChatLog.connect(
+                    list(self._settings.nats_urls),
+                    name=f"chat-node {self._settings.node_id}",
+                    spec=self._settings.stream,
+                    timeout=self._settings.publish_timeout,
+                    on_event=self._on_nats_event,
+                )
+            except LogUnavailable as exc:
+                log.warning("%s; retrying", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _on_nats_event(self, kind: str) -> None:
+        if kind == "reconnected":
+            self._reconnected = True
+
+    async def _bootstrap_and_follow(self) -> None:
+        assert self.chatlog is not None
+        # Every (re)start checks the stream: a deleted stream is created again, and a
+        # stream with a new creation time is a new log that replaces everything we hold.
+        info = await self.chatlog.ensure_stream()
+        if info.epoch != self._replica.epoch:
+            self._replica.reset(info.epoch, info.max_text)
+            self.target = info.last_seq
+            log.info("bootstrapping epoch %s up to seq %d", info.epoch, info.last_seq)
+        self._reconnected = False
+        async with self.chatlog.tail(self._replica.applied + 1, self._settings.heartbeat) as tail:
+            await self._follow(tail)
+
+    async def _follow(self, tail: Tail) -> None:
+        assert self.chatlog is not None
+        settings = self._settings
+        was_ready = self.ready
+        now = time.monotonic()
+        last_progress = now
+        next_check = now + settings.watchdog_interval
+        while True:
+            entries = await tail.batch(max_wait=settings.watchdog_interval / 2)
+            now = time.monotonic()
+            if entries:
+                self._replica.apply(entries)
+                last_progress = now
+                # Let WebSocket senders drain what this batch queued before the next one.
+                await asyncio.sleep(0)
+            if not was_ready and self.ready:
+                was_ready = True
+                log.info("caught up: seq %d of epoch %s", self._replica.applied, self._replica.epoch)
+            if self._reconnected:
+                raise TailBroken("reconnected to NATS")
+            if now >= next_check:
+                next_check = now + settings.watchdog_interval
+                info = await self.chatlog.info()
+                if info.epoch != self._replica.epoch:
+                    raise TailBroken(f"stream has a new epoch {info.epoch}")
+                behind = info.last_seq > self._replica.applied
+                if behind and now - last_progress > settings.stall_after:
+                    raise TailBroken(
+                        f"stalled at seq {self._replica.applied}; stream is at {info.last_seq}"
+                    )
+                if not behind:
+                    last_progress = now
+

@@ -1,0 +1,147 @@
+"""The node's in-memory copy of the log, and who is listening to which channel.
+
+Everything here runs on the event loop without awaiting, so a reader that
+takes a snapshot and registers for live messages in one call can neither miss
+nor repeat a message: that is how joins avoid the seed's history/live race.
+"""
+
+import asyncio
+import logging
+from array import array
+from bisect import bisect_right
+from collections import Counter
+from typing import Protocol
+
+from chatlog import LogEntry, Record, take
+from chatlog.records import encode_record
+
+from chat.wire import message_frame
+
+log = logging.getLogger("chat.replica")
+
+
+class Listener(Protocol):
+    def push(self, channel: str, seq: int, frame: str) -> None:
+        """Called once per applied message of a joined channel, in seq order."""
+
+    def reset(self) -> None:
+        """The log was replaced (new epoch): everything held is void."""
+
+
+class ChannelLog:
+    """One channel's records, ascending by seq, kept as their encoded JSON."""
+
+    __slots__ = ("records", "seqs")
+
+    def __init__(self) -> None:
+        self.seqs = array("q")
+        self.records: list[str] = []
+
+    def append(self, seq: int, record_json: str) -> None:
+        self.seqs.append(seq)
+        self.records.append(record_json)
+
+    def after(self, after: int, limit: int) -> list[tuple[int, str]]:
+        start = bisect_right(self.seqs, after)
+        stop = start + limit
+        return list(zip(self.seqs[start:stop], self.records[start:stop], strict=True))
+
+    def seq_before_last(self, n: int) -> int:
+        """The seq to read ``after`` so that the last ``n`` records follow."""
+        return self.seqs[-n - 1] if len(self.seqs) > n else 0
+
+    @property
+    def last_seq(self) -> int:
+        return self.seqs[-1] if self.seqs else 0
+
+
+class Replica:
+    def __init__(self, default_max_text: int) -> None:
+        self.epoch: str | None = None
+        self.applied = 0
+        self.max_text = default_max_text
+        self.channels: dict[str, ChannelLog] = {}
+        self.skipped: Counter[str] = Counter()
+        self.applied_total = 0
+        self._listeners: dict[str, set[Listener]] = {}
+        self._progress = asyncio.Event()
+
+    def reset(self, epoch: str, max_text: int) -> None:
+        """Start over for a new log. Listeners are told, then dropped."""
+        if self.epoch is not None:
+            log.warning("epoch changed from %s to %s: rebuilding from nothing", self.epoch, epoch)
+        self.epoch = epoch
+        self.applied = 0
+        self.max_text = max_text
+        self.channels = {}
+        self.skipped = Counter()
+        listeners = {listener for group in self._listeners.values() for listener in group}
+        self._listeners = {}
+        for listener in listeners:
+            listener.reset()
+        self._wake()
+
+    def apply(self, entries: list[LogEntry]) -> None:
+        """Apply entries in order. Each seq is applied at most once: the tail starts at
+        applied+1 and checks its own order, so a seq at or below ``applied`` means a bug
+        upstream, and we refuse it rather than serve it twice."""
+        for entry in entries:
+            if entry.seq <= self.applied:
+                log.error("refused seq %d: already applied up to %d", entry.seq, self.applied)
+                continue
+            taken = take(entry, self.max_text)
+            self.applied = entry.seq
+            if not isinstance(taken, Record):
+                self.skipped[taken.reason] += 1
+                log.warning("skipped seq %d (%s): %s", taken.seq, taken.reason, taken.detail)
+                continue
+            self.applied_total += 1
+            record_json = encode_record(taken).decode()
+            channel = self.channels.get(taken.channel)
+            if channel is None:
+                channel = self.channels[taken.channel] = ChannelLog()
+            channel.append(taken.seq, record_json)
+            listeners = self._listeners.get(taken.channel)
+            if listeners:
+                frame = message_frame(record_json)
+                for listener in tuple(listeners):
+                    listener.push(taken.channel, taken.seq, frame)
+        if entries:
+            self._wake()
+
+    def read(self, channel: str, after: int, limit: int) -> list[tuple[int, str]]:
+        found = self.channels.get(channel)
+        return found.after(after, limit) if found else []
+
+    def default_after(self, channel: str, last_n: int) -> int:
+        found = self.channels.get(channel)
+        return found.seq_before_last(last_n) if found else 0
+
+    def listen(self, channel: str, listener: Listener) -> None:
+        self._listeners.setdefault(channel, set()).add(listener)
+
+    def unlisten(self, channel: str, listener: Listener) -> None:
+        group = self._listeners.get(channel)
+        if group is not None:
+            group.discard(listener)
+            if not group:
+                del self._listeners[channel]
+
+    async def wait_applied(self, seq: int, timeout: float) -> bool:
+        """Wait until ``seq`` is applied (read-your-writes); False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.applied < seq:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._progress.wait()
+            except TimeoutError:
+                return False
+        return True
+
+    def _wake(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()

@@ -1,0 +1,108 @@
+"""Every JSON shape a chat node reads or writes, REST and WebSocket. Built once, reused."""
+
+import msgspec
+
+from chatlog.records import MessageId, Text, Timestamp, UserName
+
+
+class SendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /messages``. ``user`` will come from a signed token once auth exists."""
+
+    text: Text
+    channel: str = "default-channel"
+    id: MessageId | None = None
+    user: UserName | None = None
+    sent_at: Timestamp | None = None
+
+
+class SendResult(msgspec.Struct, frozen=True):
+    seq: int
+    id: str
+    duplicate: bool
+
+
+class MessagesPage(msgspec.Struct, frozen=True):
+    channel: str
+    epoch: str
+    last_seq: int
+    messages: list[msgspec.Raw]
+
+
+class ChannelInfo(msgspec.Struct, frozen=True):
+    channel: str
+    count: int
+    last_seq: int
+
+
+class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
+    error: str
+    detail: str
+
+
+class Progress(msgspec.Struct, frozen=True):
+    status: str
+    node_id: str
+    applied: int
+    target: int
+    epoch: str | None
+    connected: bool
+    skipped: int
+    resets: int
+
+
+# WebSocket, client to node: a tagged union on "op".
+class Join(msgspec.Struct, frozen=True, tag="join", tag_field="op", forbid_unknown_fields=True):
+    channel: str
+    after: int | None = None
+
+
+class Leave(msgspec.Struct, frozen=True, tag="leave", tag_field="op", forbid_unknown_fields=True):
+    channel: str
+
+
+class Send(msgspec.Struct, frozen=True, tag="send", tag_field="op", forbid_unknown_fields=True):
+    channel: str
+    text: Text
+    id: MessageId | None = None
+    user: UserName | None = None
+    sent_at: Timestamp | None = None
+
+
+ClientFrame = Join | Leave | Send
+
+
+# WebSocket, node to client. Messages are the stored record JSON with "op" spliced in.
+class Joined(msgspec.Struct, frozen=True, tag="joined", tag_field="op"):
+    channel: str
+    epoch: str
+    last_seq: int
+
+
+class Left(msgspec.Struct, frozen=True, tag="left", tag_field="op"):
+    channel: str
+
+
+class Ack(msgspec.Struct, frozen=True, tag="ack", tag_field="op"):
+    id: str
+    seq: int
+    duplicate: bool
+
+
+class ErrorFrame(msgspec.Struct, frozen=True, tag="error", tag_field="op"):
+    code: str
+    detail: str
+    id: str | None = None
+
+
+frame_decoder = msgspec.json.Decoder(ClientFrame)
+send_decoder = msgspec.json.Decoder(SendRequest)
+encoder = msgspec.json.Encoder()
+
+
+def message_frame(record_json: str) -> str:
+    """A stored record becomes a ``{"op": "message", ...}`` frame without re-encoding."""
+    return '{"op":"message",' + record_json[1:]
+
+
+def encode_text(value: object) -> str:
+    return encoder.encode(value).decode()

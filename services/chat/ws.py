@@ -1,0 +1,265 @@
+"""The WebSocket protocol: join/leave/send frames in, joined/message/ack/error frames out.
+
+Each connection has one sender task and one bounded queue. A join queues a
+"joined" frame and a catch-up marker; the sender reads history from the
+replica page by page and, in the same step in which a read comes back empty,
+switches the subscription to live. From then on the replica pushes each new
+message into the queue. The cursor (last seq queued) guards both paths, so a
+resumed client (``after``) sees no gap and no duplicate, on any node.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+import msgspec
+from litestar import WebSocket
+
+from chatlog import InvalidInput, check_channel
+
+from servicekit.errors import ServiceError
+from chat.replica import Replica
+from chat.settings import NodeSettings
+from chat.wire import (
+    Ack,
+    ErrorFrame,
+    Join,
+    Joined,
+    Leave,
+    Left,
+    Send,
+    encode_text,
+    frame_decoder,
+    message_frame,
+)
+from chat.writes import Writer
+
+log = logging.getLogger("chat.ws")
+
+HISTORY_DEFAULT = 100
+PAGE = 256
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
+
+
+class Subscription:
+    __slots__ = ("channel", "cursor", "live")
+
+    def __init__(self, channel: str, cursor: int) -> None:
+        self.channel = channel
+        self.cursor = cursor  # last seq sent or queued for this channel
+        self.live = False
+
+
+class Session:
+    """One WebSocket connection."""
+
+    def __init__(
+        self, socket: WebSocket, replica: Replica, writer: Writer, settings: NodeSettings
+    ) -> None:
+        self._ws = socket
+        self._replica = replica
+        self._writer = writer
+        self._settings = settings
+        self._subs: dict[str, Subscription] = {}
+        self._out: deque[tuple[Subscription | None, str | None]] = deque()
+        self._wake = asyncio.Event()
+        self._close: tuple[int, str] | None = None
+        self._bad_in_a_row = 0
+        self._sends: set[asyncio.Task[None]] = set()
+        self._inflight = asyncio.Semaphore(settings.ws_inflight_sends)
+        self._receiving = True
+        self._sender: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        self._sender = asyncio.create_task(self._send_loop())
+        receiver = asyncio.create_task(self._receive_loop())
+        tasks = {self._sender, receiver}
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if self._close is not None and not self._sender.done():
+                # The receive side ended first because we are closing: let queued frames
+                # (acks of in-flight sends, for a graceful close) go out first.
+                await asyncio.wait({self._sender}, timeout=2.0)
+        finally:
+            for task in (*tasks, *self._sends):
+                task.cancel()
+            await asyncio.gather(*tasks, *self._sends, return_exceptions=True)
+            for channel in self._subs:
+                self._replica.unlisten(channel, self)
+            self._subs.clear()
+        if self._close is not None:
+            # The close frame queues behind what the socket already buffered; a client that
+            # reads again sees all of it and then the code. One that never reads is dropped.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._settings.ws_close_timeout):
+                    await self._ws.close(*self._close)
+
+    def close(self, code: int, reason: str, flush: bool = True) -> None:
+        if self._close is not None:
+            return
+        self._close = (code, reason)
+        self._receiving = False
+        if not flush:
+            self._out.clear()
+            if self._sender is not None:
+                self._sender.cancel()
+        self._wake.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Graceful close (SIGTERM): stop reading, let in-flight sends get their acks out,
+        then close with 1001 so clients reconnect elsewhere and resume with ``after``."""
+        self._receiving = False
+        if self._sends:
+            await asyncio.wait(set(self._sends), timeout=timeout)
+        self.close(CLOSE_GOING_AWAY, "node shutting down")
+
+    # Listener protocol, called by the replica on the event loop.
+    def push(self, channel: str, seq: int, frame: str) -> None:
+        sub = self._subs.get(channel)
+        if sub is None or not sub.live or seq <= sub.cursor:
+            return
+        sub.cursor = seq
+        if len(self._out) >= self._settings.ws_queue:
+            self.close(CLOSE_TRY_AGAIN, "client too slow; reconnect and join with after", False)
+            return
+        self._out.append((sub, frame))
+        self._wake.set()
+
+    def reset(self) -> None:
+        self.close(CLOSE_RESTART, "the log was replaced; join again", flush=False)
+
+    def _queue(self, frame: object) -> None:
+        self._out.append((None, encode_text(frame)))
+        self._wake.set()
+
+    async def _send_loop(self) -> None:
+        while True:
+            if self._out:
+                sub, frame = self._out.popleft()
+                if sub is not None and self._subs.get(sub.channel) is not sub:
+                    continue  # left or re-joined since this was queued
+                if frame is None:
+                    assert sub is not None
+                    await self._catch_up(sub)
+                else:
+                    await self._ws.send_text(frame)
+                continue
+            if self._close is not None:
+                return
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _catch_up(self, sub: Subscription) -> None:
+        while self._subs.get(sub.channel) is sub and self._close is None:
+            page = self._replica.read(sub.channel, sub.cursor, PAGE)
+            if not page:
+                # No await between this empty read and going live: the next message
+                # applied to this channel is pushed, and nothing before it is missed.
+                sub.live = True
+                return
+            for seq, record_json in page:
+                await self._ws.send_text(message_frame(record_json))
+                sub.cursor = seq
+
+    async def _receive_loop(self) -> None:
+        while self._receiving:
+            event = await self._ws.receive()
+            if event["type"] == "websocket.disconnect":
+                self._receiving = False
+                return
+            data = event.get("text") or event.get("bytes") or b""
+            if self._receiving:
+                await self._handle(data)
+
+    async def _handle(self, data: str | bytes) -> None:
+        try:
+            frame = frame_decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            self._bad("invalid_frame", str(exc))
+            return
+        except msgspec.DecodeError:
+            self._bad("invalid_json", "frame is not a JSON object")
+            return
+        try:
+            if isinstance(frame, Join):
+                self._join(frame)
+            elif isinstance(frame, Leave):
+                self._leave(frame)
+            else:
+                self._writer.validate(frame.channel, frame.text)
+                await self._inflight.acquire()
+                task = asyncio.create_task(self._send(frame))
+                self._sends.add(task)
+                task.add_done_callback(self._sent)
+        except ServiceError as exc:
+            self._bad(exc.code, exc.detail, getattr(frame, "id", None))
+            return
+        except InvalidInput as exc:
+            self._bad(exc.code, exc.detail, getattr(frame, "id", None))
+            return
+        self._bad_in_a_row = 0
+
+    def _bad(self, code: str, detail: str, msg_id: str | None = None) -> None:
+        self._queue(ErrorFrame(code=code, detail=detail, id=msg_id))
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row >= self._settings.ws_bad_frames:
+            self.close(CLOSE_POLICY, f"{self._bad_in_a_row} bad frames in a row")
+
+    def _join(self, frame: Join) -> None:
+        channel = check_channel(frame.channel)
+        epoch = self._replica.epoch
+        if epoch is None:
+            raise ServiceError(503, "not_ready", "this node has not loaded the log yet; retry")
+        if frame.after is not None and frame.after < 0:
+            raise ServiceError(400, "invalid_after", "after must be >= 0")
+        if channel not in self._subs and len(self._subs) >= self._settings.ws_max_channels:
+            raise ServiceError(
+                400, "too_many_channels", f"at most {self._settings.ws_max_channels} channels"
+            )
+        after = frame.after
+        if after is None:
+            after = self._replica.default_after(channel, HISTORY_DEFAULT)
+        sub = Subscription(channel, after)
+        self._subs[channel] = sub
+        self._replica.listen(channel, self)
+        self._queue(Joined(channel=channel, epoch=epoch, last_seq=self._replica.applied))
+        self._out.append((sub, None))
+
+    def _leave(self, frame: Leave) -> None:
+        channel = check_channel(frame.channel)
+        if self._subs.pop(channel, None) is not None:
+            self._replica.unlisten(channel, self)
+        self._queue(Left(channel=channel))
+
+    async def _send(self, frame: Send) -> None:
+        try:
+            result = await self._writer.send(
+                frame.channel, frame.text, frame.id, frame.user, frame.sent_at
+            )
+        except ServiceError as exc:
+            self._queue(ErrorFrame(code=exc.code, detail=exc.detail, id=frame.id))
+        else:
+            self._queue(Ack(id=result.id, seq=result.seq, duplicate=result.duplicate))
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sends.discard(task)
+        self._inflight.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("send task failed", exc_info=task.exception())
+
+
+class Hub:
+    """Every open session, so that shutdown and epoch changes can reach them."""
+
+    def __init__(self) -> None:
+        self.sessions: set[Session] = set()
+        self.draining = False
+
+    async def drain(self, timeout: float) -> None:
+        self.draining = True
+        sessions = list(self.sessions)
+        await asyncio.gather(*(s.drain(timeout) for s in sessions), return_exceptions=True)

@@ -1,0 +1,1 @@
+"""The ``chat-cluster`` command: run one service, or a whole local cluster."""

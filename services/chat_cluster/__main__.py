@@ -1,0 +1,3 @@
+from chat_cluster.cli import main
+
+main()

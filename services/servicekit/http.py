@@ -1,0 +1,49 @@
+"""One place that turns errors into ``{"error": code, "detail": text}`` responses."""
+
+import logging
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from servicekit.errors import ServiceError
+
+log = logging.getLogger("chat.http")
+
+_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def _problem(status: int, code: str, detail: str) -> Response[Any]:
+    return Response(
+        {"error": code, "detail": detail}, status_code=status, media_type=MediaType.JSON
+    )
+
+
+def chat_error(_: Request[Any, Any, Any], exc: ServiceError) -> Response[Any]:
+    return _problem(exc.status, exc.code, exc.detail)
+
+
+def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    parts = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            parts.append(f"{item.get('key', '?')}: {item.get('message', '')}")
+    return _problem(400, "invalid_query", "; ".join(parts) or str(exc.detail))
+
+
+def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    code = _CODES.get(exc.status_code, "http_error")
+    return _problem(exc.status_code, code, str(exc.detail))
+
+
+def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error", exc_info=exc)
+    return _problem(500, "internal", "internal error")
+
+
+EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
+    ServiceError: chat_error,
+    ValidationException: validation_error,
+    HTTPException: http_error,
+    Exception: internal_error,
+}

@@ -1,0 +1,76 @@
+"""Run an ASGI app on uvicorn (uvloop, httptools) with a graceful SIGTERM.
+
+On the first SIGTERM or SIGINT we run ``before_exit`` (the chat node closes its
+WebSockets with 1001 and reports not ready) and only then let uvicorn stop; a
+second signal stops at once. Uvicorn alone would close WebSockets with 1012.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from types import FrameType
+
+import uvicorn
+from litestar import Litestar
+
+
+class _Server(uvicorn.Server):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        before_exit: Callable[[], Awaitable[None]] | None,
+        grace: float,
+    ) -> None:
+        super().__init__(config)
+        self._before_exit = before_exit
+        self._grace = grace
+        self._draining: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)  # type: ignore[arg-type]
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._before_exit is None or self._loop is None or self._draining is not None:
+            super().handle_exit(sig, frame)
+            return
+        # We are in a signal handler: hand the drain over to the event loop.
+        self._loop.call_soon_threadsafe(self._start_drain, sig, frame)
+
+    def _start_drain(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain_then_exit(sig, frame))
+
+    async def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:
+        assert self._before_exit is not None
+        try:
+            await asyncio.wait_for(self._before_exit(), self._grace)
+        except Exception:  # noqa: BLE001 - exiting is what matters now
+            pass
+        finally:
+            super().handle_exit(sig, frame)
+
+
+def run(
+    app: Litestar,
+    host: str,
+    port: int,
+    *,
+    grace: float = 10.0,
+    before_exit: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=int(grace) + 1,
+        ws_max_size=1 << 20,
+    )
+    _Server(config, before_exit, grace).run()
+

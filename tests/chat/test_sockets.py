@@ -1,0 +1,172 @@
+"""Chat nodes as real processes over real sockets: resume across nodes, overflow, SIGTERM."""
+
+import asyncio
+import base64
+import os
+import struct
+import json
+import signal
+import socket
+from typing import Any
+
+import websockets
+
+from tests.conftest import NodeProcs
+from tests.support import http, wait_until
+
+
+def ws_url(base: str) -> str:
+    return base.replace("http://", "ws://") + "/ws"
+
+
+async def recv(ws: Any, timeout: float = 10) -> Any:
+    async with asyncio.timeout(timeout):
+        return json.loads(await ws.recv())
+
+
+async def join(ws: Any, channel: str, after: int | None = None) -> Any:
+    frame: dict[str, object] = {"op": "join", "channel": channel}
+    if after is not None:
+        frame["after"] = after
+    await ws.send(json.dumps(frame))
+    joined = await recv(ws)
+    assert joined["op"] == "joined", joined
+    return joined
+
+
+async def test_post_on_one_node_is_read_on_another(procs: NodeProcs) -> None:
+    a, b = procs.node("a"), procs.node("b")
+    status, sent = await asyncio.to_thread(
+        http, "POST", a.url + "/messages", {"channel": "x", "text": "across"}
+    )
+    assert status == 201
+    status, page = await asyncio.to_thread(
+        http, "GET", f"{b.url}/messages?channel=x&min_seq={sent['seq']}"
+    )
+    assert status == 200 and [m["text"] for m in page["messages"]] == ["across"]
+
+
+async def test_client_resumes_on_another_node_without_gap_or_duplicate(procs: NodeProcs) -> None:
+    a, b = procs.node("a"), procs.node("b")
+    seen: list[int] = []
+    async with websockets.connect(ws_url(a.url)) as ws:
+        await join(ws, "room", after=0)
+        for i in range(5):
+            await ws.send(json.dumps({"op": "send", "channel": "room", "text": f"{i}"}))
+        while len(seen) < 5:
+            frame = await recv(ws)
+            if frame["op"] == "message":
+                seen.append(frame["seq"])
+    # while the client is away, more is written through the other node
+    missed = []
+    for i in range(4):
+        status, sent = await asyncio.to_thread(
+            http, "POST", b.url + "/messages", {"channel": "room", "text": f"m{i}"}
+        )
+        assert status == 201
+        missed.append(sent["seq"])
+    async with websockets.connect(ws_url(b.url)) as ws:
+        await join(ws, "room", after=seen[-1])
+        got = [(await recv(ws))["seq"] for _ in missed]
+    assert got == missed
+    assert seen == sorted(seen) and not set(seen) & set(got)
+
+
+class RawClient:
+    """A WebSocket client on a bare socket, so the test decides when (if ever) it reads."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+             "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        )
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self.sock.recv(4096)
+        head, rest = self.buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert rest == b""  # the node sends nothing before our join
+        self.file = self.sock.makefile("rb")
+
+    def send_text(self, text: str) -> None:
+        data, mask = text.encode(), os.urandom(4)
+        assert len(data) < 126
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.sock.sendall(bytes([0x81, 0x80 | len(data)]) + mask + masked)
+
+    def _read(self, n: int) -> bytes:
+        out = self.file.read(n)
+        if len(out) < n:
+            raise EOFError("connection closed without a close frame")
+        return bytes(out)
+
+    def read_until_close(self) -> tuple[int, int]:
+        """Read every frame; return (text frames seen, close code)."""
+        frames = 0
+        while True:
+            b0, b1 = self._read(2)
+            length = b1 & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", self._read(2))[0]
+            elif length == 127:
+                length = struct.unpack("!Q", self._read(8))[0]
+            payload = self._read(length)
+            if b0 & 0x0F == 0x8:
+                return frames, struct.unpack("!H", payload[:2])[0]
+            frames += 1
+
+
+async def test_slow_client_is_closed_with_1013_and_others_keep_going(procs: NodeProcs) -> None:
+    node = procs.node("a", "--ws-queue", "512")
+    slow = RawClient(node.port)
+    slow.send_text(json.dumps({"op": "join", "channel": "flood", "after": 0}))
+    fast = await websockets.connect(ws_url(node.url))
+    sender = await websockets.connect(ws_url(node.url))
+    total = 3000  # 24 MB: more than the kernel buffers between the node and `slow` hold
+
+    async def read_all() -> int:
+        got = 0
+        while got < total:
+            got += (await recv(fast, 30))["op"] == "message"
+        return got
+
+    try:
+        await join(fast, "flood", after=0)
+        reader = asyncio.create_task(read_all())
+        text = "x" * 8000
+        for i in range(total):
+            await sender.send(json.dumps({"op": "send", "channel": "flood", "text": text,
+                                          "id": f"f{i}"}))
+        acks = 0
+        while acks < total:
+            acks += (await recv(sender, 30))["op"] == "ack"
+        assert await reader == total  # the client that reads got everything
+        frames, code = await asyncio.to_thread(slow.read_until_close)
+        assert code == 1013 and frames < total + 1
+    finally:
+        slow.file.close()
+        slow.sock.close()
+        for ws in (fast, sender):
+            await ws.close()
+    status, _ = await asyncio.to_thread(http, "GET", node.url + "/readyz")
+    assert status == 200
+
+
+async def test_sigterm_closes_websockets_with_1001_and_exits(procs: NodeProcs) -> None:
+    node = procs.node("a", "--grace", "5")
+    async with websockets.connect(ws_url(node.url)) as ws:
+        await join(ws, "room")
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            try:
+                while True:
+                    await ws.recv()
+            except websockets.ConnectionClosed as exc:
+                assert exc.rcvd is not None and exc.rcvd.code == 1001
+    code = await asyncio.to_thread(node.proc.wait, 10)
+    assert code in (0, -signal.SIGTERM)
+    wait_until(lambda: node.proc is not None and node.proc.poll() is not None)

@@ -1,0 +1,79 @@
+"""The payload rule, the one function every replica runs on every stored message."""
+
+import msgspec
+import pytest
+
+from chatlog import InvalidInput, LogEntry, Record, Skip, check_channel, take
+
+NS = 1_795_840_002_914_892_789
+
+
+def entry(data: bytes, subject: str = "chat.room", seq: int = 7, msg_id: str | None = None) -> LogEntry:
+    return LogEntry(seq=seq, subject=subject, data=data, stored_ns=NS, msg_id=msg_id)
+
+
+def test_plain_text_is_taken_as_user_nats() -> None:
+    got = take(entry(b"Hello everyone!"), 8192)
+    assert isinstance(got, Record)
+    assert (got.seq, got.channel, got.user, got.text, got.id) == (
+        7, "room", "nats", "Hello everyone!", "nats-7"
+    )
+    assert got.stored_at.isoformat() == "2026-11-28T04:26:42.914892+00:00"
+
+
+def test_json_payload_fields_are_used() -> None:
+    data = b'{"text":"hi","id":"m-1","user":"ada","sent_at":"2026-01-02T03:04:05Z"}'
+    got = take(entry(data), 8192)
+    assert isinstance(got, Record)
+    assert (got.id, got.user, got.text) == ("m-1", "ada", "hi")
+    assert got.sent_at is not None and got.sent_at.year == 2026
+
+
+def test_msg_id_header_names_a_json_message_without_id() -> None:
+    got = take(entry(b'{"text":"hi"}', msg_id="hdr-1"), 8192)
+    assert isinstance(got, Record) and got.id == "hdr-1" and got.user == "anonymous"
+
+
+def test_json_that_is_not_an_object_is_plain_text() -> None:
+    for data in (b'"quoted"', b"[1,2]", b"{not json", b"42"):
+        got = take(entry(data), 8192)
+        assert isinstance(got, Record), data
+        assert got.text == data.decode()
+
+
+@pytest.mark.parametrize(
+    ("data", "subject", "reason"),
+    [
+        (b"\xff\xfe bad utf-8", "chat.room", "bad_utf8"),
+        (b'{"text": 5}', "chat.room", "bad_schema"),
+        (b'{"user": "x"}', "chat.room", "bad_schema"),
+        (b'{"text": "hi", "sent_at": "yesterday"}', "chat.room", "bad_schema"),
+        (b'{"text": ""}', "chat.room", "bad_schema"),
+        (b"x" * 9000, "chat.room", "oversized"),
+        (msgspec.json.encode({"text": "y" * 9000}), "chat.room", "oversized"),
+        (b"", "chat.room", "empty"),
+        (b"hello", "chat.a.b", "bad_channel"),
+    ],
+)
+def test_poison_is_skipped_with_a_reason(data: bytes, subject: str, reason: str) -> None:
+    got = take(entry(data, subject=subject), 8192)
+    assert isinstance(got, Skip)
+    assert got.reason == reason and got.seq == 7
+
+
+def test_limit_counts_utf8_bytes_of_the_text_not_of_the_json() -> None:
+    text = "é" * 4096  # 8192 bytes
+    assert isinstance(take(entry(msgspec.json.encode({"text": text})), 8192), Record)
+    assert isinstance(take(entry(msgspec.json.encode({"text": text + "e"})), 8192), Skip)
+
+
+@pytest.mark.parametrize("name", ["", "a" * 65, "has space", "dot.ted", "star*", "ümlaut", ">"])
+def test_bad_channel_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        check_channel(name)
+    assert info.value.code == "invalid_channel"
+
+
+@pytest.mark.parametrize("name", ["a", "default-channel", "A_b-9", "x" * 64])
+def test_good_channel_names_pass(name: str) -> None:
+    assert check_channel(name) == name

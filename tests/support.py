@@ -1,0 +1,85 @@
+"""Helpers shared by the tests: waiting on conditions, real processes, HTTP over sockets."""
+
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(check: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def http(method: str, url: str, body: object | None = None, timeout: float = 10) -> tuple[int, Any]:
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw.startswith((b"{", b"[")) else raw
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw.startswith((b"{", b"[")) else raw
+
+
+def get_json(url: str) -> Any:
+    status, body = http("GET", url)
+    assert status == 200, (url, status, body)
+    return body
+
+
+def status_of(url: str) -> int:
+    try:
+        return http("GET", url, timeout=2)[0]
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def all_messages(base: str, channel: str) -> list[dict[str, Any]]:
+    """Walk a node's (or the archiver's) whole channel page by page."""
+    out: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        if "/messages/" in base:
+            url = f"{base}?after={after}&limit=1000"
+        else:
+            url = f"{base}/messages?channel={channel}&after={after}&limit=1000"
+        page = get_json(url)["messages"]
+        if not page:
+            return out
+        out += page
+        after = page[-1]["seq"]
+
+
+def nats_cli() -> str | None:
+    """The real ``nats`` CLI, built by ``nox`` from its pinned Go module, if present."""
+    explicit = os.environ.get("NATS_CLI")
+    if explicit:
+        return explicit
+    built = ROOT / ".tools" / "bin" / "nats"
+    if built.exists():
+        return str(built)
+    return shutil.which("nats")
+
+
+PYTHON = sys.executable
