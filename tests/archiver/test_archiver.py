@@ -1,0 +1,78 @@
+"""The archiver over real sockets: pages, channels, NDJSON export, poison, bad input."""
+
+import json
+import urllib.request
+
+import pytest
+
+from chat_cluster.natsserver import NatsServer
+from chatlog import ChatLog
+from tests.conftest import NodeProcs
+from tests.support import all_messages, get_json, http
+
+
+@pytest.fixture
+def archiver_url(procs: NodeProcs) -> str:
+    return procs.archiver().url
+
+
+async def fill(chatlog: ChatLog) -> list[int]:
+    seqs = []
+    for i in range(25):
+        ack = await chatlog.publish("hist" if i % 5 else "other", b'{"text":"m%d"}' % i, f"a{i}")
+        seqs.append(ack.seq)
+    return seqs
+
+
+async def test_pages_walk_a_channel_from_its_start(chatlog: ChatLog, archiver_url: str) -> None:
+    seqs = await fill(chatlog)
+    hist = [s for i, s in enumerate(seqs) if i % 5]
+    page = get_json(f"{archiver_url}/messages/hist?limit=7")
+    assert [m["seq"] for m in page["messages"]] == hist[:7]
+    assert page["channel"] == "hist" and page["last_seq"] == 25 and page["epoch"]
+    walked = all_messages(f"{archiver_url}/messages/hist", "hist")
+    assert [m["seq"] for m in walked] == hist
+    assert walked[0]["text"] == "m1" and walked[0]["user"] == "anonymous"
+
+
+async def test_channels_and_export(chatlog: ChatLog, archiver_url: str) -> None:
+    await fill(chatlog)
+    assert get_json(f"{archiver_url}/channels") == [
+        {"channel": "hist", "count": 20, "last_seq": 25},
+        {"channel": "other", "count": 5, "last_seq": 21},
+    ]
+    with urllib.request.urlopen(f"{archiver_url}/export/hist", timeout=10) as resp:
+        assert resp.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in resp.read().splitlines()]
+    assert [r["seq"] for r in lines] == [r["seq"] for r in all_messages(
+        f"{archiver_url}/messages/hist", "hist")]
+
+
+async def test_export_of_an_empty_channel_is_empty(chatlog: ChatLog, archiver_url: str) -> None:
+    with urllib.request.urlopen(f"{archiver_url}/export/nothing", timeout=10) as resp:
+        assert resp.read() == b""
+
+
+async def test_poison_is_passed_over_like_on_the_nodes(
+    chatlog: ChatLog, archiver_url: str, nats: NatsServer
+) -> None:
+    await chatlog.publish("p", b"good 1", "g1")
+    for bad in (b"\xff\xfe", b'{"text": 1}', b"x" * 9000):
+        await chatlog.publish_core("p", bad)
+    await chatlog.publish("p", b"good 2", "g2")
+    page = get_json(f"{archiver_url}/messages/p?limit=2")
+    assert [m["text"] for m in page["messages"]] == ["good 1", "good 2"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/messages/bad%20name", "/messages/a.b", "/messages/ok?limit=0", "/messages/ok?after=-1",
+     "/export/bad%20name"],
+)
+def test_bad_input_is_400_json(archiver_url: str, path: str) -> None:
+    status, body = http("GET", archiver_url + path)
+    assert status == 400 and body["error"] in {"invalid_channel", "invalid_query"}
+
+
+def test_readyz(archiver_url: str) -> None:
+    assert get_json(archiver_url + "/readyz")["status"] == "ready"

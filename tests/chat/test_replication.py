@@ -1,0 +1,106 @@
+"""Replicas as real processes: late joiners, poison, NATS restarts, a replaced stream."""
+
+import asyncio
+from typing import Any
+
+import nats as nats_client
+
+from chat_cluster.local import Service
+from chat_cluster.natsserver import NatsServer
+from chatlog import ChatLog
+from tests.conftest import NodeProcs
+from tests.support import all_messages, get_json, http, wait_until
+
+
+def history(node: Service, channel: str = "room") -> list[tuple[int, str]]:
+    return [(m["seq"], m["text"]) for m in all_messages(node.url, channel)]
+
+
+def progress(node: Service) -> Any:
+    return http("GET", node.url + "/readyz")[1]
+
+
+async def test_a_node_started_late_serves_all_history_once_ready(
+    chatlog: ChatLog, procs: NodeProcs
+) -> None:
+    for i in range(500):
+        await chatlog.publish("room", b"m%d" % i, f"id{i}")
+    late = procs.node("late")  # returns once /readyz is 200
+    got = history(late)
+    assert [s for s, _ in got] == list(range(1, 501))
+    assert got[-1] == (500, "m499")
+
+
+async def test_poison_is_skipped_identically_on_every_node(
+    chatlog: ChatLog, procs: NodeProcs, nats: NatsServer
+) -> None:
+    a = procs.node("a")
+    await chatlog.publish("room", b"before", "b")
+    for bad in (b"\xff\xfe not utf-8", b'{"text": 5}', b'{"user": "x"}', b"y" * 9000):
+        await chatlog.publish_core("room", bad)
+    raw = await nats_client.connect(nats.config.url)  # what `nats pub chat.a.b` does
+    await raw.publish("chat.a.b", b"bad subject")
+    await raw.flush()
+    await raw.close()
+    last = await chatlog.publish("room", b"after", "c")
+    b = procs.node("b")
+    for node in (a, b):
+        wait_until(lambda n=node: progress(n)["applied"] == last.seq, what=f"{node.name} applied")
+        assert history(node) == [(1, "before"), (last.seq, "after")]
+        assert progress(node)["skipped"] == 5
+    for node in (a, b):  # and both still take writes
+        assert http("POST", node.url + "/messages", {"channel": "room", "text": "ok"})[0] == 201
+
+
+async def test_nodes_recover_when_nats_restarts_on_the_same_store(
+    nats: NatsServer, procs: NodeProcs
+) -> None:
+    a, b = procs.node("a"), procs.node("b")
+    for i in range(20):
+        assert http("POST", a.url + "/messages", {"channel": "room", "text": f"x{i}"})[0] == 201
+    nats.kill()
+    wait_until(lambda: http("GET", a.url + "/readyz")[0] == 503, what="a notices")
+    nats.start()
+    nats.wait_ready()
+    for node in (a, b):
+        wait_until(lambda n=node: http("GET", n.url + "/readyz")[0] == 200, what="ready again")
+    status, sent = http("POST", b.url + "/messages", {"channel": "room", "text": "after"})
+    assert status == 201 and sent["seq"] == 21
+    for node in (a, b):
+        wait_until(lambda n=node: len(history(n)) == 21, what="converged")
+        assert [s for s, _ in history(node)] == list(range(1, 22))
+
+
+async def test_a_replaced_stream_is_a_new_epoch_everywhere(
+    chatlog: ChatLog, procs: NodeProcs
+) -> None:
+    a = procs.node("a")
+    await chatlog.publish("room", b"old log", "o")
+    wait_until(lambda: progress(a)["applied"] == 1)
+    old_epoch = progress(a)["epoch"]
+    await chatlog.delete_stream()
+    await chatlog.ensure_stream()
+    new_epoch = (await chatlog.info()).epoch
+    await chatlog.publish("room", b"new log", "n")
+    wait_until(lambda: progress(a)["epoch"] == new_epoch != old_epoch, what="new epoch")
+    wait_until(lambda: history(a) == [(1, "new log")], what="only the new log")
+    page = get_json(a.url + "/messages?channel=room")
+    assert page["epoch"] == new_epoch
+
+
+async def test_concurrent_writers_through_many_nodes_converge_in_one_order(
+    procs: NodeProcs,
+) -> None:
+    nodes = [procs.node(f"n{i}") for i in range(3)]
+
+    def write(node: Service, k: int) -> None:
+        for i in range(30):
+            status, _ = http("POST", node.url + "/messages", {"channel": "room", "text": f"{k}-{i}"})
+            assert status == 201
+
+    await asyncio.gather(*(asyncio.to_thread(write, n, k) for k, n in enumerate(nodes)))
+    for node in nodes:
+        wait_until(lambda n=node: len(history(n)) == 90, what="all 90")
+    first = history(nodes[0])
+    assert [s for s, _ in first] == list(range(1, 91))
+    assert all(history(n) == first for n in nodes[1:])

@@ -1,0 +1,81 @@
+"""The ``chat-cluster`` command's own behaviour: the binary resolver, config errors, ports."""
+
+import os
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+from chat_cluster.natsserver import MIN_VERSION, ServerConfig
+from tests.support import PYTHON
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [PYTHON, "-m", "chat_cluster", *args], capture_output=True, text=True,
+        timeout=timeout, env=full_env,
+    )
+
+
+def test_nats_server_version_prints_path_and_version() -> None:
+    out = cli("nats-server", "--version")
+    assert out.returncode == 0, out.stderr
+    path, version = out.stdout.strip().splitlines()
+    assert Path(path).is_file() and os.access(path, os.X_OK)
+    numbers = tuple(int(x) for x in version.split()[-1].split("."))
+    assert numbers >= MIN_VERSION
+
+
+def fake_binary(tmp_path: Path, version: str) -> Path:
+    script = tmp_path / "nats-server"
+    script.write_text(f"#!/bin/sh\necho 'nats-server: v{version}'\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
+
+
+def test_an_older_nats_server_is_refused(tmp_path: Path) -> None:
+    old = fake_binary(tmp_path, "2.10.22")
+    out = cli("nats-server", "--version", env={"NATS_SERVER_BIN": str(old)})
+    assert out.returncode == 2
+    assert "2.10.22" in out.stderr and ">= 2.12.5" in out.stderr
+
+
+def test_nats_server_bin_wins_when_new_enough(tmp_path: Path) -> None:
+    new = fake_binary(tmp_path, "2.14.9")
+    out = cli("nats-server", "--version", env={"NATS_SERVER_BIN": str(new)})
+    assert out.returncode == 0 and out.stdout.splitlines() == [str(new), "nats-server 2.14.9"]
+
+
+def test_missing_nats_server_bin_is_named(tmp_path: Path) -> None:
+    out = cli("nats-server", "--version", env={"NATS_SERVER_BIN": str(tmp_path / "nope")})
+    assert out.returncode == 2 and "NATS_SERVER_BIN" in out.stderr
+
+
+def test_bad_env_values_are_named() -> None:
+    out = cli("node", env={"PORT": "eighty"})
+    assert out.returncode == 2 and "PORT='eighty'" in out.stderr
+    out = cli("node", "--nats-url", "http://127.0.0.1:4222")
+    assert out.returncode == 2 and "must start with nats://" in out.stderr
+
+
+def test_up_refuses_a_taken_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = cli("up", "--base-port", str(port - 1), "--nodes", "1",
+                  "--data-dir", str(tmp_path))
+    assert out.returncode == 2
+    assert f"port {port} (chat node 1) is already in use" in out.stderr
+
+
+def test_server_config_fsyncs_every_write(tmp_path: Path) -> None:
+    text = ServerConfig("n1", tmp_path, 4222, 8222).render()
+    assert "sync_interval: always" in text
+    assert "sync_interval" not in ServerConfig("n1", tmp_path, 4222, 8222, sync_always=False).render()
+
+
+def test_send_reports_errors_from_the_node() -> None:
+    out = cli("send", "--node", "http://127.0.0.1:9", "hello")
+    assert out.returncode == 1 and "cannot reach" in out.stderr

@@ -1,0 +1,154 @@
+"""End to end through ``chat-cluster up``, as a user runs it: the seed's walkthrough."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from chat_cluster.natsserver import port_free
+from tests.support import PYTHON, all_messages, get_json, http, nats_cli, status_of, wait_until
+
+
+class Up:
+    def __init__(self, base: int, data: Path, *extra: str) -> None:
+        self.base, self.data, self.extra = base, data, extra
+        self.lines: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.lines = []
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "chat_cluster", "up", "--base-port", str(self.base),
+             "--data-dir", str(self.data), *self.extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
+        self._reader.start()
+        wait_until(lambda: any("Ctrl-C" in line for line in self.lines) or self._dead(),
+                   timeout=90, what="up to print its table")
+        assert not self._dead(), "".join(self.lines)
+
+    def _read(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        for line in stream:
+            self.lines.append(line)
+
+    def _dead(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if self.proc is not None and self.proc.stdout is not None:
+            self._reader.join(10)
+            self.proc.stdout.close()
+
+    def node(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.base + i}"
+
+    @property
+    def archiver(self) -> str:
+        return f"http://127.0.0.1:{self.base + 100}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.base + 200}"
+
+    def pid(self, name: str) -> int:
+        state = json.loads((self.data / "cluster.json").read_text())
+        return int(state["services"][name]["pid"])
+
+
+def free_base() -> int:
+    for _ in range(50):
+        base = random.randrange(20000, 60000, 1000)
+        ports = [base + i for i in (1, 2, 3, 100, 200, 220)]
+        if all(port_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range")
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    cluster = Up(free_base(), tmp_path / "data")
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def texts(base: str, channel: str = "default-channel") -> list[str]:
+    return [m["text"] for m in all_messages(base, channel)]
+
+
+def test_walkthrough(up: Up) -> None:
+    # A POST on node 1 shows on node 3 (and read-your-writes with min_seq).
+    status, sent = http("POST", up.node(1) + "/messages", {"text": "hello from 1"})
+    assert status == 201
+    page = get_json(f"{up.node(3)}/messages?min_seq={sent['seq']}")
+    assert [m["text"] for m in page["messages"]] == ["hello from 1"]
+
+    # chat-cluster send and tail talk to the nodes.
+    out = subprocess.run([PYTHON, "-m", "chat_cluster", "send", "--node", up.node(2),
+                          "--user", "ada", "via cli"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("seq=2 "), out.stderr
+    out = subprocess.run([PYTHON, "-m", "chat_cluster", "tail", "--node", up.node(3),
+                          "--after", "0", "--count", "2"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.stdout.splitlines() == ["[1] anonymous: hello from 1", "[2] ada: via cli"]
+
+    # kill -9 of node 2: the supervisor restarts it, it replays, turns ready, holds everything.
+    old = up.pid("node-2")
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: up.pid("node-2") != old, what="node-2 restarted")
+    wait_until(lambda: status_of(up.node(2) + "/readyz") == 200, timeout=30, what="ready")
+    assert texts(up.node(2)) == ["hello from 1", "via cli"]
+
+    # stopping and starting `up` again keeps every message
+    up.stop()
+    up.start()
+    for base in (up.node(1), up.node(2), up.node(3)):
+        assert texts(base) == ["hello from 1", "via cli"]
+    assert [m["text"] for m in all_messages(up.archiver + "/messages/default-channel",
+                                            "default-channel")] == ["hello from 1", "via cli"]
+
+
+def test_nats_cli_publish_reaches_every_node_and_the_archiver(up: Up) -> None:
+    nats = nats_cli()
+    if nats is None:
+        pytest.skip("the nats CLI is not built here (nox builds it when Go is available)")
+    out = subprocess.run([nats, "--server", up.nats_url, "pub", "chat.default-channel",
+                          "Hello everyone!"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    for base in (up.node(1), up.node(2), up.node(3)):
+        wait_until(lambda b=base: texts(b) == ["Hello everyone!"], timeout=10, what=base)
+        [msg] = all_messages(base, "default-channel")
+        assert msg["user"] == "nats" and msg["seq"] == 1
+    archived = get_json(up.archiver + "/messages/default-channel")["messages"]
+    assert [(m["seq"], m["text"]) for m in archived] == [(1, "Hello everyone!")]
+
+
+def test_three_nats_servers_with_an_r3_stream(tmp_path: Path) -> None:
+    cluster = Up(free_base(), tmp_path / "r3", "--nats-cluster", "3", "--nodes", "2")
+    cluster.start()
+    try:
+        status, sent = http("POST", cluster.node(1) + "/messages", {"text": "replicated"})
+        assert status == 201
+        page = get_json(f"{cluster.node(2)}/messages?min_seq={sent['seq']}")
+        assert [m["text"] for m in page["messages"]] == ["replicated"]
+        conf = (tmp_path / "r3" / "logs" / "n2.conf").read_text()
+        assert "routes" in conf and "sync_interval: always" in conf
+    finally:
+        cluster.stop()
