@@ -80,8 +80,16 @@ class NodeProcs:
 
     def node(self, name: str = "node", *extra: str, wait: bool = True) -> Service:
         port = free_port()
-        args = ["node", "--nats-url", self._nats.config.url, "--port", str(port),
-                "--node-id", name, *extra]
+        args = [
+            "node",
+            "--nats-url",
+            self._nats.config.url,
+            "--port",
+            str(port),
+            "--node-id",
+            name,
+            *extra,
+        ]
         return self._start(Service(name, args, port, self._workdir / f"{name}.log"), wait)
 
     def archiver(self) -> Service:

@@ -29,7 +29,9 @@ def wait_until(check: Callable[[], T], timeout: float = 15.0, what: str = "condi
 
 
 def http(method: str, url: str, body: object | None = None, timeout: float = 10) -> tuple[int, Any]:
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    data = (
+        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    )
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         req.add_header("content-type", "application/json")

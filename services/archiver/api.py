@@ -6,13 +6,12 @@ from typing import Annotated
 import msgspec
 from litestar import Response, get
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
+from archiver.reader import Reader
 from chatlog import LogError, check_channel
 from servicekit.errors import from_log_error
-
-from archiver.reader import Reader
 
 MAX_LIMIT = 1000
 
@@ -109,4 +108,3 @@ async def export(state: State, channel: FromPath[str]) -> Stream:
 
 
 ROUTES = [healthz, readyz, channel_messages, channels, export]
-

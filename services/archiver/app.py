@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator
 from litestar import Litestar
 from litestar.datastructures import State
 
-from servicekit.http import EXCEPTION_HANDLERS
-
 from archiver.api import ROUTES
 from archiver.reader import Reader
 from archiver.settings import ArchiverSettings
+from servicekit.http import EXCEPTION_HANDLERS
 
 
 def create_app(settings: ArchiverSettings) -> Litestar:

@@ -4,10 +4,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+from archiver.settings import ArchiverSettings
 from chatlog import ChatLog, LogUnavailable, Record, take
 from chatlog.records import encode_record
-
-from archiver.settings import ArchiverSettings
 
 log = logging.getLogger("archiver")
 
@@ -81,4 +80,3 @@ class Reader:
             if next_cursor == cursor:
                 return
             cursor = next_cursor
-

@@ -6,17 +6,16 @@ import msgspec
 from litestar import Request, Response, get, post, websocket
 from litestar.connection import WebSocket
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromQuery, QueryParameter
 
-from chatlog import DEFAULT_CHANNEL, LogError, check_channel
-
-from servicekit.errors import ServiceError, bad_request, from_log_error
 from chat.follower import Follower
 from chat.replica import Replica
 from chat.settings import NodeSettings
 from chat.wire import ChannelInfo, MessagesPage, Progress, SendResult, send_decoder
 from chat.writes import Writer
 from chat.ws import CLOSE_GOING_AWAY, Hub, Session
+from chatlog import DEFAULT_CHANNEL, LogError, check_channel
+from servicekit.errors import ServiceError, bad_request, from_log_error
 
 MAX_LIMIT = 1000
 
@@ -47,7 +46,9 @@ def readyz(state: State) -> Response[Progress]:
     follower: Follower = state.follower
     hub: Hub = state.hub
     ready = follower.ready and not hub.draining
-    return Response(_progress(state, "ready" if ready else "not_ready"), status_code=200 if ready else 503)
+    return Response(
+        _progress(state, "ready" if ready else "not_ready"), status_code=200 if ready else 503
+    )
 
 
 @get("/messages")
@@ -68,7 +69,8 @@ async def list_messages(
         raise ServiceError(
             503,
             "not_caught_up",
-            f"seq {min_seq} not applied within {settings.min_seq_wait}s (applied {replica.applied})",
+            f"seq {min_seq} not applied within {settings.min_seq_wait}s"
+            f" (applied {replica.applied})",
         )
     page = replica.read(channel, after, limit)
     return MessagesPage(

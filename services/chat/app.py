@@ -10,11 +10,11 @@ from litestar.datastructures import State
 
 from chat.api import ROUTES
 from chat.follower import Follower
-from servicekit.http import EXCEPTION_HANDLERS
 from chat.replica import Replica
 from chat.settings import NodeSettings
 from chat.writes import Writer
 from chat.ws import Hub
+from servicekit.http import EXCEPTION_HANDLERS
 
 log = logging.getLogger("chat.app")
 
@@ -56,4 +56,3 @@ def create_app(settings: NodeSettings) -> Litestar:
         logging_config=None,
         debug=False,
     )
-

@@ -11,10 +11,9 @@ import asyncio
 import logging
 import time
 
-from chatlog import ChatLog, LogError, LogUnavailable, Tail, TailBroken
-
 from chat.replica import Replica
 from chat.settings import NodeSettings
+from chatlog import ChatLog, LogError, LogUnavailable, Tail, TailBroken
 
 log = logging.getLogger("chat.follower")
 
@@ -108,7 +107,9 @@ class Follower:
                 await asyncio.sleep(0)
             if not was_ready and self.ready:
                 was_ready = True
-                log.info("caught up: seq %d of epoch %s", self._replica.applied, self._replica.epoch)
+                log.info(
+                    "caught up: seq %d of epoch %s", self._replica.applied, self._replica.epoch
+                )
             if self._reconnected:
                 raise TailBroken("reconnected to NATS")
             if now >= next_check:
@@ -123,4 +124,3 @@ class Follower:
                     )
                 if not behind:
                     last_progress = now
-

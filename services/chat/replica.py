@@ -12,10 +12,9 @@ from bisect import bisect_right
 from collections import Counter
 from typing import Protocol
 
+from chat.wire import message_frame
 from chatlog import LogEntry, Record, take
 from chatlog.records import encode_record
-
-from chat.wire import message_frame
 
 log = logging.getLogger("chat.replica")
 

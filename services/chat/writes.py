@@ -3,13 +3,12 @@
 import uuid
 from datetime import datetime
 
-from chatlog import LogError, check_channel
-from chatlog.records import Payload, encode_payload
-
-from servicekit.errors import ServiceError, bad_request, from_log_error
 from chat.follower import Follower
 from chat.replica import Replica
 from chat.wire import SendResult
+from chatlog import LogError, check_channel
+from chatlog.records import Payload, encode_payload
+from servicekit.errors import ServiceError, bad_request, from_log_error
 
 
 class Writer:

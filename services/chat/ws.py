@@ -12,13 +12,11 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from typing import Any, cast
 
 import msgspec
 from litestar import WebSocket
 
-from chatlog import InvalidInput, check_channel
-
-from servicekit.errors import ServiceError
 from chat.replica import Replica
 from chat.settings import NodeSettings
 from chat.wire import (
@@ -34,6 +32,8 @@ from chat.wire import (
     message_frame,
 )
 from chat.writes import Writer
+from chatlog import InvalidInput, check_channel
+from servicekit.errors import ServiceError
 
 log = logging.getLogger("chat.ws")
 
@@ -58,7 +58,11 @@ class Session:
     """One WebSocket connection."""
 
     def __init__(
-        self, socket: WebSocket, replica: Replica, writer: Writer, settings: NodeSettings
+        self,
+        socket: WebSocket[Any, Any, Any],
+        replica: Replica,
+        writer: Writer,
+        settings: NodeSettings,
     ) -> None:
         self._ws = socket
         self._replica = replica
@@ -171,7 +175,7 @@ class Session:
             if event["type"] == "websocket.disconnect":
                 self._receiving = False
                 return
-            data = event.get("text") or event.get("bytes") or b""
+            data = cast("str | bytes", event.get("text") or event.get("bytes") or b"")
             if self._receiving:
                 await self._handle(data)
 

@@ -62,7 +62,9 @@ def add_service_flags(parser: argparse.ArgumentParser, env: Mapping[str, str], p
         help="NATS server URL, or a comma-separated list of them (env NATS_URL)",
     )
     parser.add_argument("--host", default=env.get("HOST") or "127.0.0.1", help="env HOST")
-    parser.add_argument("--port", type=_port, default=_env(env, "PORT", port, _port), help="env PORT")
+    parser.add_argument(
+        "--port", type=_port, default=_env(env, "PORT", port, _port), help="env PORT"
+    )
     parser.add_argument(
         "--stream-replicas",
         type=_positive_int,

@@ -18,9 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from chat_cluster.natsserver import (
+    NatsServer,
+    NatsServerError,
+    ServerConfig,
+    checked_binary,
+    port_free,
+)
 from chatlog import ChatLog, LogError, StreamSpec
-
-from chat_cluster.natsserver import NatsServer, NatsServerError, ServerConfig, checked_binary, port_free
 
 HOST = "127.0.0.1"
 
@@ -175,8 +180,12 @@ class LocalCluster:
     def _services(self, urls: str, replicas: int, logs: Path) -> list[Service]:
         common = ["--nats-url", urls, "--host", HOST, "--stream-replicas", str(replicas)]
         services = [
-            Service("archiver", ["archiver", *common, "--port", str(self.ports.archiver)],
-                    self.ports.archiver, logs / "archiver.log")
+            Service(
+                "archiver",
+                ["archiver", *common, "--port", str(self.ports.archiver)],
+                self.ports.archiver,
+                logs / "archiver.log",
+            )
         ]
         for i, port in enumerate(self.ports.nodes, 1):
             args = ["node", *common, "--port", str(port), "--node-id", f"node-{i}"]
@@ -212,14 +221,14 @@ class LocalCluster:
         self, servers: list[NatsServer], services: list[Service], version: str, binary: Path
     ) -> None:
         rows = [(s.name, s.url, str(s.proc.pid if s.proc else "")) for s in services]
-        rows += [
-            (s.config.name, s.config.url, str(s.proc.pid if s.proc else "")) for s in servers
-        ]
+        rows += [(s.config.name, s.config.url, str(s.proc.pid if s.proc else "")) for s in servers]
         width = max(len(r[0]) for r in rows)
         print(f"chat-cluster is up (nats-server {version}, {binary})", flush=True)
         for name, url, pid in rows:
             print(f"  {name:<{width}}  {url:<26} pid {pid}")
-        print(f"data: {self.data}   logs: {self.data / 'logs'}   Ctrl-C stops everything", flush=True)
+        print(
+            f"data: {self.data}   logs: {self.data / 'logs'}   Ctrl-C stops everything", flush=True
+        )
 
     def _write_state(self, servers: list[NatsServer], services: list[Service]) -> None:
         state_path = self.data / "cluster.json"

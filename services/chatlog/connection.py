@@ -3,7 +3,6 @@
 All nats-py errors are translated here into :mod:`chatlog.errors`.
 """
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -195,7 +194,7 @@ class ChatLog:
         """A fire-and-forget core publish, exactly what ``nats pub`` does."""
         async with self._boundary("publish"):
             await self._nc.publish(subject_for(channel), payload)
-            await self._nc.flush(timeout=self._timeout)
+            await self._nc.flush(timeout=max(1, int(self._timeout)))
 
     async def delete_stream(self) -> None:
         async with self._boundary("delete stream"):
@@ -264,7 +263,7 @@ class ChatLog:
             raise LogUnavailable(f"{what}: NATS unavailable ({exc!r})") from exc
         except nats.js.errors.APIError as exc:
             raise LogRejected(f"{what}: {exc.description or exc!r} (code {exc.err_code})") from exc
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise LogUnavailable(f"{what}: timed out") from exc
 
 

@@ -79,9 +79,11 @@ class Tail:
                 mem_storage=True,
             )
             info = await self._js.add_consumer(STREAM_NAME, config, timeout=self._timeout)
-        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
             await self.close()
-            raise LogUnavailable(f"cannot create consumer from seq {self._from_seq}: {exc!r}") from exc
+            raise LogUnavailable(
+                f"cannot create consumer from seq {self._from_seq}: {exc!r}"
+            ) from exc
         self._consumer = info.name
         self._last_activity = time.monotonic()
 
@@ -142,8 +144,11 @@ class Tail:
             return f"consumer sequence gap: expected {self._cseq + 1}, got {cseq} (stream {sseq})"
         self._cseq = cseq
         msg_id = headers.get("Nats-Msg-Id") if headers else None
-        out.append(LogEntry(seq=sseq, subject=msg.subject, data=msg.data, stored_ns=stored_ns,
-                            msg_id=msg_id))
+        out.append(
+            LogEntry(
+                seq=sseq, subject=msg.subject, data=msg.data, stored_ns=stored_ns, msg_id=msg_id
+            )
+        )
         return None
 
     def _control(self, msg: Msg, headers: dict[str, str]) -> str | None:

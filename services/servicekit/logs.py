@@ -29,7 +29,9 @@ def configure(service: str, level: str = "INFO") -> None:
     """JSON lines when stderr is not a terminal (containers, files), plain text otherwise."""
     handler = logging.StreamHandler(sys.stderr)
     if sys.stderr.isatty():
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+        )
     else:
         handler.setFormatter(_JsonFormatter(service))
     root = logging.getLogger()

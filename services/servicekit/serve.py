@@ -45,7 +45,7 @@ class _Server(uvicorn.Server):
         assert self._before_exit is not None
         try:
             await asyncio.wait_for(self._before_exit(), self._grace)
-        except Exception:  # noqa: BLE001 - exiting is what matters now
+        except Exception:
             pass
         finally:
             super().handle_exit(sig, frame)
@@ -73,4 +73,3 @@ def run(
         ws_max_size=1 << 20,
     )
     _Server(config, before_exit, grace).run()
-

@@ -1,5 +1,6 @@
 """The archiver over real sockets: pages, channels, NDJSON export, poison, bad input."""
 
+import asyncio
 import json
 import urllib.request
 
@@ -14,6 +15,11 @@ from tests.support import all_messages, get_json, http
 @pytest.fixture
 def archiver_url(procs: NodeProcs) -> str:
     return procs.archiver().url
+
+
+def read_export(url: str) -> tuple[str, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.headers["content-type"], resp.read()
 
 
 async def fill(chatlog: ChatLog) -> list[int]:
@@ -41,16 +47,17 @@ async def test_channels_and_export(chatlog: ChatLog, archiver_url: str) -> None:
         {"channel": "hist", "count": 20, "last_seq": 25},
         {"channel": "other", "count": 5, "last_seq": 21},
     ]
-    with urllib.request.urlopen(f"{archiver_url}/export/hist", timeout=10) as resp:
-        assert resp.headers["content-type"].startswith("application/x-ndjson")
-        lines = [json.loads(line) for line in resp.read().splitlines()]
-    assert [r["seq"] for r in lines] == [r["seq"] for r in all_messages(
-        f"{archiver_url}/messages/hist", "hist")]
+    content_type, body = await asyncio.to_thread(read_export, f"{archiver_url}/export/hist")
+    assert content_type.startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert [r["seq"] for r in lines] == [
+        r["seq"] for r in all_messages(f"{archiver_url}/messages/hist", "hist")
+    ]
 
 
 async def test_export_of_an_empty_channel_is_empty(chatlog: ChatLog, archiver_url: str) -> None:
-    with urllib.request.urlopen(f"{archiver_url}/export/nothing", timeout=10) as resp:
-        assert resp.read() == b""
+    _, body = await asyncio.to_thread(read_export, f"{archiver_url}/export/nothing")
+    assert body == b""
 
 
 async def test_poison_is_passed_over_like_on_the_nodes(
@@ -66,8 +73,13 @@ async def test_poison_is_passed_over_like_on_the_nodes(
 
 @pytest.mark.parametrize(
     "path",
-    ["/messages/bad%20name", "/messages/a.b", "/messages/ok?limit=0", "/messages/ok?after=-1",
-     "/export/bad%20name"],
+    [
+        "/messages/bad%20name",
+        "/messages/a.b",
+        "/messages/ok?limit=0",
+        "/messages/ok?after=-1",
+        "/export/bad%20name",
+    ],
 )
 def test_bad_input_is_400_json(archiver_url: str, path: str) -> None:
     status, body = http("GET", archiver_url + path)

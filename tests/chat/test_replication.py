@@ -95,7 +95,9 @@ async def test_concurrent_writers_through_many_nodes_converge_in_one_order(
 
     def write(node: Service, k: int) -> None:
         for i in range(30):
-            status, _ = http("POST", node.url + "/messages", {"channel": "room", "text": f"{k}-{i}"})
+            status, _ = http(
+                "POST", node.url + "/messages", {"channel": "room", "text": f"{k}-{i}"}
+            )
             assert status == 201
 
     await asyncio.gather(*(asyncio.to_thread(write, n, k) for k, n in enumerate(nodes)))

@@ -2,11 +2,11 @@
 
 import asyncio
 import base64
-import os
-import struct
 import json
+import os
 import signal
 import socket
+import struct
 from typing import Any
 
 import websockets
@@ -79,9 +79,11 @@ class RawClient:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(
-            (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-             "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+            (
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
         )
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
@@ -138,8 +140,9 @@ async def test_slow_client_is_closed_with_1013_and_others_keep_going(procs: Node
         reader = asyncio.create_task(read_all())
         text = "x" * 8000
         for i in range(total):
-            await sender.send(json.dumps({"op": "send", "channel": "flood", "text": text,
-                                          "id": f"f{i}"}))
+            await sender.send(
+                json.dumps({"op": "send", "channel": "flood", "text": text, "id": f"f{i}"})
+            )
         acks = 0
         while acks < total:
             acks += (await recv(sender, 30))["op"] == "ack"

@@ -110,8 +110,10 @@ def test_leave_stops_delivery(node: Client) -> None:
         ('{"op": "join", "channel": "no spaces"}', "invalid_channel"),
         ('{"op": "join", "channel": "ok", "after": -5}', "invalid_after"),
         ('{"op": "join", "channel": "ok", "after": "x"}', "invalid_frame"),
-        ('{"op": "send", "channel": "ok", "text": "' + "x" * 8193 + '", "id": "big"}',
-         "text_too_long"),
+        (
+            '{"op": "send", "channel": "ok", "text": "' + "x" * 8193 + '", "id": "big"}',
+            "text_too_long",
+        ),
         ('{"op": "send", "channel": "ok", "text": ""}', "invalid_frame"),
         ('{"op": "send", "channel": "a.b", "text": "x", "id": "i"}', "invalid_channel"),
     ],

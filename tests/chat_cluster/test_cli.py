@@ -10,11 +10,16 @@ from chat_cluster.natsserver import MIN_VERSION, ServerConfig
 from tests.support import PYTHON
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [PYTHON, "-m", "chat_cluster", *args], capture_output=True, text=True,
-        timeout=timeout, env=full_env,
+        [PYTHON, "-m", "chat_cluster", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
     )
 
 
@@ -64,8 +69,7 @@ def test_up_refuses_a_taken_port(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = cli("up", "--base-port", str(port - 1), "--nodes", "1",
-                  "--data-dir", str(tmp_path))
+        out = cli("up", "--base-port", str(port - 1), "--nodes", "1", "--data-dir", str(tmp_path))
     assert out.returncode == 2
     assert f"port {port} (chat node 1) is already in use" in out.stderr
 
@@ -73,7 +77,9 @@ def test_up_refuses_a_taken_port(tmp_path: Path) -> None:
 def test_server_config_fsyncs_every_write(tmp_path: Path) -> None:
     text = ServerConfig("n1", tmp_path, 4222, 8222).render()
     assert "sync_interval: always" in text
-    assert "sync_interval" not in ServerConfig("n1", tmp_path, 4222, 8222, sync_always=False).render()
+    assert (
+        "sync_interval" not in ServerConfig("n1", tmp_path, 4222, 8222, sync_always=False).render()
+    )
 
 
 def test_send_reports_errors_from_the_node() -> None:

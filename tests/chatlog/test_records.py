@@ -8,7 +8,9 @@ from chatlog import InvalidInput, LogEntry, Record, Skip, check_channel, take
 NS = 1_795_840_002_914_892_789
 
 
-def entry(data: bytes, subject: str = "chat.room", seq: int = 7, msg_id: str | None = None) -> LogEntry:
+def entry(
+    data: bytes, subject: str = "chat.room", seq: int = 7, msg_id: str | None = None
+) -> LogEntry:
     return LogEntry(seq=seq, subject=subject, data=data, stored_ns=NS, msg_id=msg_id)
 
 
@@ -16,7 +18,11 @@ def test_plain_text_is_taken_as_user_nats() -> None:
     got = take(entry(b"Hello everyone!"), 8192)
     assert isinstance(got, Record)
     assert (got.seq, got.channel, got.user, got.text, got.id) == (
-        7, "room", "nats", "Hello everyone!", "nats-7"
+        7,
+        "room",
+        "nats",
+        "Hello everyone!",
+        "nats-7",
     )
     assert got.stored_at.isoformat() == "2026-11-28T04:26:42.914892+00:00"
 

@@ -25,15 +25,29 @@ class Up:
     def start(self) -> None:
         self.lines = []
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "chat_cluster", "up", "--base-port", str(self.base),
-             "--data-dir", str(self.data), *self.extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                PYTHON,
+                "-m",
+                "chat_cluster",
+                "up",
+                "--base-port",
+                str(self.base),
+                "--data-dir",
+                str(self.data),
+                *self.extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
         self._reader.start()
-        wait_until(lambda: any("Ctrl-C" in line for line in self.lines) or self._dead(),
-                   timeout=90, what="up to print its table")
+        wait_until(
+            lambda: any("Ctrl-C" in line for line in self.lines) or self._dead(),
+            timeout=90,
+            what="up to print its table",
+        )
         assert not self._dead(), "".join(self.lines)
 
     def _read(self, stream: IO[str] | None) -> None:
@@ -101,12 +115,30 @@ def test_walkthrough(up: Up) -> None:
     assert [m["text"] for m in page["messages"]] == ["hello from 1"]
 
     # chat-cluster send and tail talk to the nodes.
-    out = subprocess.run([PYTHON, "-m", "chat_cluster", "send", "--node", up.node(2),
-                          "--user", "ada", "via cli"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [PYTHON, "-m", "chat_cluster", "send", "--node", up.node(2), "--user", "ada", "via cli"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0 and out.stdout.startswith("seq=2 "), out.stderr
-    out = subprocess.run([PYTHON, "-m", "chat_cluster", "tail", "--node", up.node(3),
-                          "--after", "0", "--count", "2"], capture_output=True, text=True,
-                         timeout=30)
+    out = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "chat_cluster",
+            "tail",
+            "--node",
+            up.node(3),
+            "--after",
+            "0",
+            "--count",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.stdout.splitlines() == ["[1] anonymous: hello from 1", "[2] ada: via cli"]
 
     # kill -9 of node 2: the supervisor restarts it, it replays, turns ready, holds everything.
@@ -121,16 +153,22 @@ def test_walkthrough(up: Up) -> None:
     up.start()
     for base in (up.node(1), up.node(2), up.node(3)):
         assert texts(base) == ["hello from 1", "via cli"]
-    assert [m["text"] for m in all_messages(up.archiver + "/messages/default-channel",
-                                            "default-channel")] == ["hello from 1", "via cli"]
+    assert [
+        m["text"]
+        for m in all_messages(up.archiver + "/messages/default-channel", "default-channel")
+    ] == ["hello from 1", "via cli"]
 
 
 def test_nats_cli_publish_reaches_every_node_and_the_archiver(up: Up) -> None:
     nats = nats_cli()
     if nats is None:
         pytest.skip("the nats CLI is not built here (nox builds it when Go is available)")
-    out = subprocess.run([nats, "--server", up.nats_url, "pub", "chat.default-channel",
-                          "Hello everyone!"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [nats, "--server", up.nats_url, "pub", "chat.default-channel", "Hello everyone!"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     for base in (up.node(1), up.node(2), up.node(3)):
         wait_until(lambda b=base: texts(b) == ["Hello everyone!"], timeout=10, what=base)
