@@ -46,8 +46,8 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     install(session, "dev.lock")
-    session.run("ruff", "check", "services", "tests", "noxfile.py")
-    session.run("ruff", "format", "--check", "services", "tests", "noxfile.py")
+    session.run("ruff", "check", "services", "tests", "bench", "noxfile.py")
+    session.run("ruff", "format", "--check", "services", "tests", "bench", "noxfile.py")
 
 
 @nox.session
