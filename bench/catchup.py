@@ -30,6 +30,23 @@ def ready(url: str) -> bool:
         return False
 
 
+def time_node_ready(nats_url: str) -> float:
+    """Seconds from starting a node process to its first 200 on /readyz."""
+    port = free_port()
+    t0 = time.perf_counter()
+    node = subprocess.Popen(
+        [sys.executable, "-m", "chat_cluster", "node", "--nats-url", nats_url, "--port", str(port)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not ready(f"http://127.0.0.1:{port}/readyz"):
+            time.sleep(0.01)
+        return time.perf_counter() - t0
+    finally:
+        node.terminate()
+        node.wait(30)
+
+
 async def main(count: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-catchup-"))
     binary, version = checked_binary()
@@ -55,28 +72,7 @@ async def main(count: int) -> None:
         raw = time.perf_counter() - t0
         await log.close()
 
-        port = free_port()
-        t0 = time.perf_counter()
-        node = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chat_cluster",
-                "node",
-                "--nats-url",
-                server.config.url,
-                "--port",
-                str(port),
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            while not ready(f"http://127.0.0.1:{port}/readyz"):
-                time.sleep(0.01)
-            node_s = time.perf_counter() - t0
-        finally:
-            node.terminate()
-            node.wait(30)
+        node_s = await asyncio.to_thread(time_node_ready, server.config.url)
         print(f"nats-server {version}, {count} messages")
         print(f"  raw tail (ceiling): {raw:.2f} s, {count / raw:,.0f} msg/s")
         print(

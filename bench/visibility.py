@@ -34,15 +34,24 @@ def wait_up(proc: subprocess.Popen[str]) -> None:
     raise SystemExit("chat-cluster up did not start")
 
 
-async def main(count: int) -> None:
-    base = random.randrange(30000, 60000, 1000)
-    data = tempfile.mkdtemp(prefix="bench-visibility-")
-    up = subprocess.Popen(
+def archived_texts(url: str) -> list[str]:
+    with urllib.request.urlopen(f"{url}?after=0&limit=1000") as resp:
+        return [m["text"] for m in json.loads(resp.read())["messages"]]
+
+
+def start_up(base: int, data: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "chat_cluster", "up", "--base-port", str(base), "--data-dir", data],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
+
+
+async def main(count: int) -> None:
+    base = random.randrange(30000, 60000, 1000)
+    data = tempfile.mkdtemp(prefix="bench-visibility-")
+    up = start_up(base, data)
     try:
         wait_up(up)
         nodes = [f"ws://127.0.0.1:{base + i}/ws" for i in (1, 2, 3)]
@@ -69,8 +78,7 @@ async def main(count: int) -> None:
             seen_archiver = None
             while seen_archiver is None or len(arrivals.get(i, [])) < 3:
                 if seen_archiver is None:
-                    with urllib.request.urlopen(f"{archiver}?after=0&limit=1000") as resp:
-                        texts = [m["text"] for m in json.loads(resp.read())["messages"]]
+                    texts = await asyncio.to_thread(archived_texts, archiver)
                     if str(i) in texts:
                         seen_archiver = time.perf_counter()
                 await asyncio.sleep(0.005)
