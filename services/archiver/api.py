@@ -12,21 +12,9 @@ from litestar.response import Stream
 from archiver.reader import Reader
 from chatlog import LogError, check_channel
 from servicekit.errors import from_log_error
+from servicekit.wire import ChannelInfo, MessagesPage
 
 MAX_LIMIT = 1000
-
-
-class Page(msgspec.Struct, frozen=True):
-    channel: str
-    epoch: str
-    last_seq: int
-    messages: list[msgspec.Raw]
-
-
-class ChannelInfo(msgspec.Struct, frozen=True):
-    channel: str
-    count: int
-    last_seq: int
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -60,7 +48,7 @@ async def channel_messages(
     channel: FromPath[str],
     after: Annotated[int, QueryParameter(ge=0)] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 100,
-) -> Page:
+) -> MessagesPage:
     reader: Reader = state.reader
     _channel(channel)
     try:
@@ -68,7 +56,7 @@ async def channel_messages(
         records, _ = await reader.page(channel, after, limit, info.max_text)
     except LogError as exc:
         raise from_log_error(exc) from exc
-    return Page(
+    return MessagesPage(
         channel=channel,
         epoch=info.epoch,
         last_seq=info.last_seq,

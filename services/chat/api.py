@@ -11,11 +11,12 @@ from litestar.params import FromQuery, QueryParameter
 from chat.follower import Follower
 from chat.replica import Replica
 from chat.settings import NodeSettings
-from chat.wire import ChannelInfo, MessagesPage, Progress, SendResult, send_decoder
+from chat.wire import Progress, SendResult, send_decoder
 from chat.writes import Writer
 from chat.ws import CLOSE_GOING_AWAY, Hub, Session
 from chatlog import DEFAULT_CHANNEL, LogError, check_channel
 from servicekit.errors import ServiceError, bad_request, from_log_error
+from servicekit.wire import ChannelInfo, MessagesPage
 
 MAX_LIMIT = 1000
 

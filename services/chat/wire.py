@@ -21,24 +21,6 @@ class SendResult(msgspec.Struct, frozen=True):
     duplicate: bool
 
 
-class MessagesPage(msgspec.Struct, frozen=True):
-    channel: str
-    epoch: str
-    last_seq: int
-    messages: list[msgspec.Raw]
-
-
-class ChannelInfo(msgspec.Struct, frozen=True):
-    channel: str
-    count: int
-    last_seq: int
-
-
-class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
-    error: str
-    detail: str
-
-
 class Progress(msgspec.Struct, frozen=True):
     status: str
     node_id: str

@@ -24,6 +24,7 @@ from chat_cluster.natsserver import (
     ServerConfig,
     checked_binary,
     port_free,
+    terminate,
 )
 from chatlog import ChatLog, LogError, StreamSpec
 
@@ -100,13 +101,8 @@ class Service:
             return False
 
     def stop(self, timeout: float) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            terminate(self.proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -174,13 +174,7 @@ class NatsServer:
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, timeout)
         self.proc = None
         if self._log is not None:
             self._log.close()
@@ -191,6 +185,17 @@ class NatsServer:
             self.proc.kill()
             self.proc.wait(5)
         self.stop()
+
+
+def terminate(proc: "subprocess.Popen[bytes]", timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -7,6 +7,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from servicekit.errors import ServiceError
+from servicekit.wire import Problem
 
 log = logging.getLogger("chat.http")
 
@@ -15,7 +16,7 @@ _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: 
 
 def _problem(status: int, code: str, detail: str) -> Response[Any]:
     return Response(
-        {"error": code, "detail": detail}, status_code=status, media_type=MediaType.JSON
+        Problem(error=code, detail=detail), status_code=status, media_type=MediaType.JSON
     )
 
 
