@@ -66,6 +66,7 @@ class Follower:
                     name=f"chat-node {self._settings.node_id}",
                     spec=self._settings.stream,
                     timeout=self._settings.publish_timeout,
+                    api_timeout=self._settings.api_timeout,
                     on_event=self._on_nats_event,
                 )
             except LogUnavailable as exc:

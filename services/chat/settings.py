@@ -13,6 +13,8 @@ class NodeSettings:
     nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     stream: StreamSpec = field(default_factory=StreamSpec)
     publish_timeout: float = 5.0
+    api_timeout: float = 2.0
+    """Stream info and consumer creation; short, so the watchdog recovers quickly."""
     heartbeat: float = 1.0
     """Idle heartbeat of the replica's consumer; three missed ones reset it."""
     stall_after: float = 2.0

@@ -78,6 +78,8 @@ class Service:
         self.restarts = 0
 
     def start(self) -> None:
+        if self._log is not None:
+            self._log.close()
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chat_cluster", *self.args],

@@ -3,6 +3,7 @@
 All nats-py errors are translated here into :mod:`chatlog.errors`.
 """
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -70,11 +71,15 @@ class ChannelStat:
 class ChatLog:
     """One NATS connection, owned by one service."""
 
-    def __init__(self, nc: Client, spec: StreamSpec, timeout: float) -> None:
+    def __init__(self, nc: Client, spec: StreamSpec, timeout: float, api_timeout: float) -> None:
         self._nc = nc
-        self._js: JetStreamContext = nc.jetstream(timeout=timeout)
+        # Management calls (stream info, consumer create, direct get) get a short timeout:
+        # while a stream elects a new leader they hang, and a watchdog stuck for the whole
+        # publish timeout would delay recovery by that much.
+        self._js: JetStreamContext = nc.jetstream(timeout=api_timeout)
         self._spec = spec
         self._timeout = timeout
+        self._api_timeout = api_timeout
 
     @classmethod
     async def connect(
@@ -84,6 +89,7 @@ class ChatLog:
         name: str,
         spec: StreamSpec,
         timeout: float = 5.0,
+        api_timeout: float = 2.0,
         on_event: Callable[[str], None] | None = None,
     ) -> "ChatLog":
         """Connect once (raise LogUnavailable if no server answers), then reconnect forever."""
@@ -117,7 +123,7 @@ class ChatLog:
             raise LogUnavailable(f"cannot connect to NATS at {','.join(servers)}: {exc!r}") from exc
         # ...and unbounded once connected: a running service never gives up on NATS.
         nc.options["max_reconnect_attempts"] = -1
-        return cls(nc, spec, timeout)
+        return cls(nc, spec, timeout, min(api_timeout, timeout))
 
     @property
     def connected(self) -> bool:
@@ -180,14 +186,29 @@ class ChatLog:
         ``sync_interval: always``, on disk). The same ``msg_id`` within the duplicate window
         returns the first seq with ``duplicate=True``. LogUnavailable promises nothing."""
         subject = subject_for(channel)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        pause = 0.05
         async with self._boundary("publish"):
-            ack = await self._js.publish(
-                subject,
-                payload,
-                timeout=self._timeout,
-                stream=STREAM_NAME,
-                headers={"Nats-Msg-Id": msg_id},
-            )
+            while True:
+                remaining = deadline - loop.time()
+                try:
+                    ack = await self._js.publish(
+                        subject,
+                        payload,
+                        timeout=max(remaining, 0.1),
+                        stream=STREAM_NAME,
+                        headers={"Nats-Msg-Id": msg_id},
+                    )
+                    break
+                except nats.js.errors.NoStreamResponseError:
+                    # "No responders": the stream has no leader this instant (an election
+                    # after a server died). Retrying with the same Nats-Msg-Id is safe, and
+                    # hides a short election from the client, as nats.go's publish retry does.
+                    if loop.time() + pause >= deadline:
+                        raise
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 0.5)
         return PubAck(seq=ack.seq, duplicate=bool(ack.duplicate))
 
     async def publish_core(self, channel: str, payload: bytes) -> None:
@@ -204,7 +225,7 @@ class ChatLog:
                 pass
 
     def tail(self, from_seq: int, heartbeat: float) -> Tail:
-        return Tail(self._nc, self._js, from_seq, heartbeat, self._timeout)
+        return Tail(self._nc, self._js, from_seq, heartbeat, self._api_timeout)
 
     async def page(self, channel: str, after: int, limit: int) -> tuple[list[LogEntry], int]:
         """Up to ``limit`` stored entries of ``channel`` with seq > ``after``, ascending, and the
@@ -242,7 +263,7 @@ class ChatLog:
                 await self._nc.publish(_DIRECT_GET, json.dumps(request).encode(), reply=inbox)
                 entries: list[LogEntry] = []
                 while True:
-                    msg = await sub.next_msg(timeout=self._timeout)
+                    msg = await sub.next_msg(timeout=self._api_timeout)
                     headers = msg.headers or {}
                     status = headers.get("Status")
                     if status == "204":

@@ -1,0 +1,143 @@
+"""Real processes for fault scenarios: 1 or 3 nats-servers, N chat nodes, the archiver.
+
+Every process can be killed (SIGKILL), paused (SIGSTOP/SIGCONT) and restarted
+on the same data. Nothing here fakes NATS or the log; everything listens on
+127.0.0.1 and is torn down by ``close()``, also when a scenario fails.
+"""
+
+import json
+import signal
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from chat_cluster.local import Service
+from chat_cluster.natsserver import NatsServer, ServerConfig, free_port
+from tests.support import wait_until
+
+
+class Cluster:
+    def __init__(self, nats_bin: Path, workdir: Path, servers: int = 1) -> None:
+        self.workdir = workdir
+        self.servers: list[NatsServer] = []
+        cluster_ports = [free_port() for _ in range(servers)] if servers > 1 else []
+        for i in range(servers):
+            routes = tuple(p for j, p in enumerate(cluster_ports) if j != i)
+            config = ServerConfig(
+                name=f"s{i + 1}",
+                store_dir=workdir / f"js-s{i + 1}",
+                port=free_port(),
+                monitor_port=free_port(),
+                cluster_port=cluster_ports[i] if cluster_ports else None,
+                routes=routes,
+            )
+            self.servers.append(NatsServer(nats_bin, config, workdir))
+        self.nodes: dict[str, Service] = {}
+        self.archiver: Service | None = None
+        self._count = 0
+
+    @property
+    def nats_urls(self) -> str:
+        return ",".join(s.config.url for s in self.servers)
+
+    @property
+    def replicas(self) -> int:
+        return 3 if len(self.servers) == 3 else 1
+
+    def start_nats(self) -> None:
+        for server in self.servers:
+            server.start()
+        for server in self.servers:
+            server.wait_ready(30)
+
+    def add_node(self, wait: bool = True) -> Service:
+        self._count += 1
+        name = f"node-{self._count}"
+        port = free_port()
+        args = [
+            "node",
+            "--nats-url",
+            self.nats_urls,
+            "--port",
+            str(port),
+            "--node-id",
+            name,
+            "--stream-replicas",
+            str(self.replicas),
+            "--grace",
+            "3",
+        ]
+        node = Service(name, args, port, self.workdir / f"{name}.log")
+        node.start()
+        self.nodes[name] = node
+        if wait:
+            self.wait_ready(node)
+        return node
+
+    def start_archiver(self) -> Service:
+        port = free_port()
+        args = [
+            "archiver",
+            "--nats-url",
+            self.nats_urls,
+            "--port",
+            str(port),
+            "--stream-replicas",
+            str(self.replicas),
+        ]
+        self.archiver = Service("archiver", args, port, self.workdir / "archiver.log")
+        self.archiver.start()
+        self.wait_ready(self.archiver)
+        return self.archiver
+
+    def wait_ready(self, service: Service, timeout: float = 30) -> None:
+        wait_until(service.ready, timeout=timeout, what=f"{service.name} ready")
+
+    def restart(self, service: Service) -> None:
+        service.stop(5)
+        service.start()
+
+    def kill(self, service: Service) -> None:
+        assert service.proc is not None
+        service.proc.send_signal(signal.SIGKILL)
+        service.proc.wait(10)
+
+    def pause(self, service: Service | NatsServer) -> None:
+        assert service.proc is not None
+        service.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, service: Service | NatsServer) -> None:
+        assert service.proc is not None
+        service.proc.send_signal(signal.SIGCONT)
+
+    def stream_leader(self) -> NatsServer:
+        """The server that leads the CHAT stream now, from any live server's monitor."""
+        for server in self.servers:
+            if not server.running:
+                continue
+            info = monitor(server, "/jsz?streams=true")
+            for account in info.get("account_details") or []:
+                for stream in account.get("stream_detail") or []:
+                    leader = (stream.get("cluster") or {}).get("leader")
+                    if stream.get("name") == "CHAT" and leader:
+                        return next(s for s in self.servers if s.config.name == leader)
+        raise AssertionError("no stream leader known")
+
+    def close(self) -> None:
+        for service in [*self.nodes.values(), *([self.archiver] if self.archiver else [])]:
+            if service.proc is not None and service.proc.poll() is None:
+                service.proc.send_signal(signal.SIGCONT)
+            service.stop(5)
+        for server in self.servers:
+            server.signal(signal.SIGCONT)
+            server.kill()
+
+
+def monitor(server: NatsServer, path: str) -> Any:
+    url = f"http://{server.config.host}:{server.config.monitor_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError):
+        return {}

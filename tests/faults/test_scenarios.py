@@ -1,0 +1,193 @@
+"""Fault scenarios: each runs real processes under load, injects a fault, heals it, and has
+the checker read every replica. The quick ones run in the default session; ``-m faults``
+(``nox -s faults``) runs them all."""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults.checker import Report, check
+from tests.faults.harness import Cluster
+from tests.faults.load import Load
+from tests.support import get_json, wait_until
+
+CONVERGE_WITHIN = 5.0
+
+Fault = Callable[[Cluster, Load], Awaitable[float]]
+
+
+@pytest.fixture
+def r1(nats_bin: Path, tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(nats_bin, tmp_path, servers=1)
+    try:
+        cluster.start_nats()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def r3(nats_bin: Path, tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(nats_bin, tmp_path, servers=3)
+    try:
+        cluster.start_nats()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def live(cluster: Cluster) -> list[str]:
+    return [n.url for n in cluster.nodes.values() if n.proc is not None and n.proc.poll() is None]
+
+
+async def run(
+    name: str, cluster: Cluster, fault: Fault, nodes: int = 3, per_worker: int = 120
+) -> Report:
+    await asyncio.to_thread(cluster.start_archiver)
+    for _ in range(nodes):
+        await asyncio.to_thread(cluster.add_node)
+    load = Load(lambda: live(cluster), cluster.nats_urls, per_worker=per_worker)
+    load.start()
+    healed_at = await fault(cluster, load)
+    await load.wait()
+    since = max(healed_at, time.monotonic())
+    assert cluster.archiver is not None
+    last_seq = await asyncio.to_thread(
+        lambda: wait_until(
+            lambda: get_json(cluster.archiver.url + "/messages/c0?limit=1")["last_seq"],
+            what="stream last seq",
+        )  # type: ignore[union-attr]
+    )
+    running = [n for n in cluster.nodes.values() if n.proc is not None and n.proc.poll() is None]
+    report = await asyncio.to_thread(
+        check, name, load.attempts, running, cluster.archiver, last_seq, since
+    )
+    assert report.ok(), report.examples
+    assert report.acknowledged > 0 and report.failed == 0, report.summary()
+    assert report.convergence_s is not None and report.convergence_s <= CONVERGE_WITHIN, (
+        report.summary()
+    )
+    return report
+
+
+async def until_acked(load: Load, count: int) -> None:
+    def acked() -> bool:
+        return sum(a.seq is not None for a in load.attempts.values()) >= count
+
+    await asyncio.to_thread(wait_until, acked, 60, f"{count} acked")
+
+
+# --- chat nodes -------------------------------------------------------------------------
+
+
+async def test_sigkill_a_node_under_load_and_restart_it(r1: Cluster) -> None:
+    async def fault(cluster: Cluster, load: Load) -> float:
+        await until_acked(load, 60)
+        victim = cluster.nodes["node-2"]
+        cluster.kill(victim)
+        await until_acked(load, 150)
+        victim.start()
+        await asyncio.to_thread(cluster.wait_ready, victim)
+        return time.monotonic()
+
+    await run("sigkill_node", r1, fault, per_worker=80)
+
+
+@pytest.mark.faults
+async def test_sigstop_a_node_past_its_heartbeat(r1: Cluster) -> None:
+    async def fault(cluster: Cluster, load: Load) -> float:
+        await until_acked(load, 60)
+        victim = cluster.nodes["node-1"]
+        cluster.pause(victim)
+        await until_acked(load, 200)  # several seconds: past the 1 s heartbeat, 3 s stall
+        cluster.resume(victim)
+        return time.monotonic()
+
+    await run("sigstop_node", r1, fault)
+
+
+@pytest.mark.faults
+async def test_scale_from_2_to_5_nodes_under_load(r1: Cluster) -> None:
+    async def fault(cluster: Cluster, load: Load) -> float:
+        for target in (100, 150, 200):
+            await until_acked(load, target)
+            await asyncio.to_thread(cluster.add_node)
+        return time.monotonic()
+
+    report = await run("scale_2_to_5", r1, fault, nodes=2)
+    assert report.replicas_checked == 6
+
+
+@pytest.mark.faults
+async def test_rolling_restart_of_every_node(r1: Cluster) -> None:
+    async def fault(cluster: Cluster, load: Load) -> float:
+        await until_acked(load, 50)
+        for node in list(cluster.nodes.values()):
+            await asyncio.to_thread(cluster.restart, node)  # SIGTERM, then start again
+            await asyncio.to_thread(cluster.wait_ready, node)
+        return time.monotonic()
+
+    await run("rolling_restart", r1, fault)
+
+
+# --- NATS -------------------------------------------------------------------------------
+
+
+@pytest.mark.faults
+async def test_r1_sigkill_nats_and_restart_on_the_same_store(r1: Cluster) -> None:
+    async def fault(cluster: Cluster, load: Load) -> float:
+        await until_acked(load, 80)
+        server = cluster.servers[0]
+        server.kill()
+        await asyncio.sleep(1.0)  # the outage itself: clients see failures and retry
+        server.start()
+        await asyncio.to_thread(server.wait_ready)
+        return time.monotonic()
+
+    await run("r1_nats_sigkill", r1, fault)
+
+
+@pytest.mark.faults
+async def test_r3_sigkill_the_stream_leader(r3: Cluster) -> None:
+    async def fault(cluster: Cluster, load: Load) -> float:
+        await until_acked(load, 80)
+        leader = await asyncio.to_thread(cluster.stream_leader)
+        leader.kill()
+        await until_acked(load, 200)
+        leader.start()
+        await asyncio.to_thread(leader.wait_ready)
+        return time.monotonic()
+
+    await run("r3_kill_leader", r3, fault)
+
+
+@pytest.mark.faults
+async def test_r3_sigkill_a_follower(r3: Cluster) -> None:
+    async def fault(cluster: Cluster, load: Load) -> float:
+        await until_acked(load, 80)
+        leader = await asyncio.to_thread(cluster.stream_leader)
+        follower = next(s for s in cluster.servers if s is not leader)
+        follower.kill()
+        await until_acked(load, 200)
+        follower.start()
+        await asyncio.to_thread(follower.wait_ready)
+        return time.monotonic()
+
+    await run("r3_kill_follower", r3, fault)
+
+
+@pytest.mark.faults
+async def test_r3_restart_all_three_one_by_one(r3: Cluster) -> None:
+    async def fault(cluster: Cluster, load: Load) -> float:
+        await until_acked(load, 60)
+        for server in cluster.servers:
+            server.stop()
+            server.start()
+            await asyncio.to_thread(server.wait_ready)
+            await until_acked(load, sum(a.seq is not None for a in load.attempts.values()) + 20)
+        return time.monotonic()
+
+    await run("r3_restart_all", r3, fault)
