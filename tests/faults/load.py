@@ -31,6 +31,7 @@ class Attempt:
     channel: str
     via: str
     seq: int | None = None  # the acknowledged seq
+    acked_at: float = 0.0  # time.monotonic() of the ack
     tries: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -104,6 +105,7 @@ class Load:
                         resp = await http.post(node + "/messages", json=body)
                         if resp.status_code == 201:
                             attempt.seq = resp.json()["seq"]
+                            attempt.acked_at = time.monotonic()
                             break
                         attempt.errors.append(f"{resp.status_code} {resp.text[:80]}")
                     except httpx.HTTPError as exc:
@@ -145,6 +147,7 @@ class Load:
                             answer = json.loads(await ws.recv())
                         if answer["op"] == "ack" and answer["id"] == attempt.id:
                             attempt.seq = answer["seq"]
+                            attempt.acked_at = time.monotonic()
                         else:
                             attempt.errors.append(str(answer)[:80])
                             await asyncio.sleep(0.2)

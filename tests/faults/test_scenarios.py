@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from chatlog import ChatLog, StreamSpec
 from tests.faults.checker import Report, check
 from tests.faults.harness import Cluster
-from tests.faults.load import Load
-from tests.support import get_json, wait_until
+from tests.faults.load import CHANNELS, Load
+from tests.support import all_messages, get_json, wait_until
 
 CONVERGE_WITHIN = 5.0
 
@@ -191,3 +192,56 @@ async def test_r3_restart_all_three_one_by_one(r3: Cluster) -> None:
         return time.monotonic()
 
     await run("r3_restart_all", r3, fault)
+
+
+# --- the log itself -----------------------------------------------------------------------
+
+
+@pytest.mark.faults
+async def test_a_deleted_and_recreated_stream_is_a_new_epoch_everywhere(r1: Cluster) -> None:
+    """Under load, the stream is deleted and created again: every node drops the old log,
+    moves to the new epoch, and then serves exactly the new log (the archiver's)."""
+    await asyncio.to_thread(r1.start_archiver)
+    for _ in range(3):
+        await asyncio.to_thread(r1.add_node)
+    load = Load(lambda: live(r1), r1.nats_urls, per_worker=100)
+    load.start()
+    await until_acked(load, 60)
+    log = await ChatLog.connect(r1.nats_urls.split(","), name="test", spec=StreamSpec())
+    try:
+        old = (await log.info()).epoch
+        await log.delete_stream()
+        await log.ensure_stream()
+        recreated_at = time.monotonic()
+        await load.wait()
+        new = (await log.info()).epoch
+        last_seq = (await log.info()).last_seq
+    finally:
+        await log.close()
+    assert new != old
+    nodes = list(r1.nodes.values())
+
+    def all_on_new_epoch() -> bool:
+        return all(get_json(n.url + "/readyz")["epoch"] == new for n in nodes)
+
+    await asyncio.to_thread(wait_until, all_on_new_epoch, 10, "new epoch everywhere")
+    assert r1.archiver is not None
+    # The checker with only what the new log acknowledged: anything acked into the old log
+    # is gone with it, by design (acks between the delete and our create are ambiguous).
+    new_log = {k: v for k, v in load.attempts.items() if v.seq is None or v.acked_at > recreated_at}
+    report = await asyncio.to_thread(
+        check, "stream_recreated", new_log, nodes, r1.archiver, last_seq, time.monotonic()
+    )
+    assert report.ok() and report.acknowledged > 0, report.examples
+    archived = await asyncio.to_thread(
+        lambda: [
+            (m["seq"], m["id"])
+            for c in CHANNELS
+            for m in all_messages(f"{r1.archiver.url}/messages/{c}", c)
+        ]  # type: ignore[union-attr]
+    )
+    for node in nodes:
+        held = await asyncio.to_thread(
+            lambda n=node: [(m["seq"], m["id"]) for c in CHANNELS for m in all_messages(n.url, c)]
+        )
+        assert held == archived
