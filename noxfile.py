@@ -44,6 +44,20 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def faults(session: nox.Session) -> None:
+    """Every fault scenario (the quick ones also run in `tests`); reports go to .faults/."""
+    install(session, "dev.lock")
+    session.run(
+        "pytest",
+        "tests/faults",
+        "-m",
+        "faults or not faults",
+        *session.posargs,
+        env={"FAULTS_REPORT_DIR": str(ROOT / ".faults")},
+    )
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     install(session, "dev.lock")
     session.run("ruff", "check", "services", "tests", "bench", "noxfile.py")

@@ -5,7 +5,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from archiver.settings import ArchiverSettings
-from chatlog import ChatLog, LogUnavailable, Record, take
+from chatlog import ChatLog, LogError, LogUnavailable, Record, take
 from chatlog.records import encode_record
 
 log = logging.getLogger("archiver")
@@ -37,9 +37,13 @@ class Reader:
                 await self.chatlog.ensure_stream()
                 self.ready = True
                 log.info("archiver ready")
-            except LogUnavailable as exc:
-                log.warning("%s; retrying", exc)
+            except LogError as exc:
+                # Not only "unavailable": a fresh cluster answers "no suitable peers for
+                # placement" until its servers have met, and a conflicting stream needs an
+                # operator. Either way: stay not ready, say why, try again.
+                log.warning("cannot ensure the stream: %s; retrying", exc)
                 await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     def log(self) -> ChatLog:
         if self.chatlog is None or not self.ready:
@@ -55,7 +59,16 @@ class Reader:
         records: list[tuple[int, bytes]] = []
         cursor = after
         while len(records) < limit:
-            entries, pending = await chatlog.page(channel, cursor, limit - len(records))
+            wanted = limit - len(records)
+            entries, pending = await chatlog.page(channel, cursor, wanted)
+            if len(entries) < wanted:
+                # A short answer is the end of the channel, or a replica that is behind
+                # (it holds a prefix of the log, so what it returned is right, just short).
+                # The leader decides: its next entry, if any, continues the page.
+                tail = await chatlog.next_entry(channel, entries[-1].seq if entries else cursor)
+                if tail is not None:
+                    entries.append(tail)
+                    pending = 1
             for entry in entries:
                 cursor = entry.seq
                 taken = take(entry, max_text)

@@ -17,6 +17,9 @@ from chatlog import ChatLog, LogError, LogUnavailable, Tail, TailBroken
 
 log = logging.getLogger("chat.follower")
 
+RECONNECT_AFTER = 3
+"""Consecutive consumer resets without progress before we try another NATS server."""
+
 
 class Follower:
     def __init__(self, settings: NodeSettings, replica: Replica) -> None:
@@ -44,14 +47,23 @@ class Follower:
         """The owner task: runs until cancelled."""
         self.chatlog = await self._connect()
         backoff = 0.1
+        failures = 0
         while True:
+            applied = self._replica.applied
             try:
                 await self._bootstrap_and_follow()
             except (TailBroken, LogError) as exc:
                 self.resets += 1
+                failures = 1 if self._replica.applied > applied else failures + 1
                 log.warning(
                     "consumer reset (%s); resuming from seq %d", exc, self._replica.applied + 1
                 )
+                if failures >= RECONNECT_AFTER:
+                    # The server we are attached to may be the one that is cut off, or still
+                    # catching up after a partition (it answers, but JetStream is unavailable
+                    # there). A new connection picks a server at random.
+                    await self._reconnect()
+                    failures = 0
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
             else:
@@ -73,6 +85,13 @@ class Follower:
                 log.warning("%s; retrying", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def _reconnect(self) -> None:
+        old, self.chatlog = self.chatlog, None
+        log.warning("%d consumer resets in a row: reconnecting to NATS", RECONNECT_AFTER)
+        self.chatlog = await self._connect()
+        if old is not None:
+            await old.close()
 
     def _on_nats_event(self, kind: str) -> None:
         if kind == "reconnected":

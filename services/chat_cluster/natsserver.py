@@ -90,6 +90,10 @@ class ServerConfig:
     cluster_port: int | None = None
     routes: tuple[int, ...] = field(default_factory=tuple)
     sync_always: bool = True
+    cluster_advertise: str | None = None
+    """Route address told to peers (gossip); tests point it away so routes use proxies."""
+    no_advertise: bool = False
+    """Do not tell clients about the other servers' addresses."""
 
     def render(self) -> str:
         # sync_interval: always makes "acknowledged" mean "fsynced". The default (2 min)
@@ -112,8 +116,12 @@ class ServerConfig:
                 "  name: chat-cluster",
                 f"  listen: {self.host}:{self.cluster_port}",
                 f"  routes: [{routes}]",
-                "}",
             ]
+            if self.cluster_advertise:
+                lines.append(f'  advertise: "{self.cluster_advertise}"')
+            if self.no_advertise:
+                lines.append("  no_advertise: true")
+            lines.append("}")
         return "\n".join(line for line in lines if line) + "\n"
 
     @property

@@ -4,6 +4,7 @@ All nats-py errors are translated here into :mod:`chatlog.errors`.
 """
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -112,8 +113,9 @@ class ChatLog:
                 # Bounded for the first connect, so a caller learns that NATS is down...
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.25,
-                ping_interval=5,
-                max_outstanding_pings=2,
+                # A server that stops answering (paused, partitioned) is left after ~6 s.
+                ping_interval=2,
+                max_outstanding_pings=3,
                 error_cb=event("error"),
                 disconnected_cb=event("disconnected"),
                 reconnected_cb=event("reconnected"),
@@ -232,6 +234,45 @@ class ChatLog:
         number still pending after them. Served by Direct Get, so no consumer is created."""
         request = {"seq": after + 1, "next_by_subj": subject_for(channel), "batch": limit}
         return await self._direct_batch(request)
+
+    async def next_entry(self, channel: str, after: int) -> LogEntry | None:
+        """The first entry of ``channel`` with seq > ``after``, answered by the stream leader.
+
+        Direct Get may be answered by any replica, and a replica that is behind returns a
+        correct but shorter answer (it holds a prefix of the log). This leader-served read
+        is how a reader confirms that a short page really is the end."""
+        request = {"seq": after + 1, "next_by_subj": subject_for(channel)}
+        async with self._boundary("msg get"):
+            msg = await self._nc.request(
+                f"$JS.API.STREAM.MSG.GET.{STREAM_NAME}",
+                json.dumps(request).encode(),
+                timeout=self._api_timeout,
+            )
+        answer = json.loads(msg.data)
+        error = answer.get("error")
+        if error:
+            if error.get("code") == 404:
+                return None
+            raise LogRejected(f"msg get: {error.get('description')} (code {error.get('err_code')})")
+        found = answer["message"]
+        headers = (
+            base64.b64decode(found["hdrs"]).decode("utf-8", "replace") if found.get("hdrs") else ""
+        )
+        msg_id = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in headers.split("\r\n")
+                if line.lower().startswith("nats-msg-id:")
+            ),
+            None,
+        )
+        return LogEntry(
+            seq=int(found["seq"]),
+            subject=found["subject"],
+            data=base64.b64decode(found.get("data") or ""),
+            stored_ns=_ns_from_rfc3339(found["time"]),
+            msg_id=msg_id,
+        )
 
     async def channel_stats(self) -> list[ChannelStat]:
         """Count and last seq of every valid channel, from the stream's per-subject state."""

@@ -34,11 +34,18 @@ class Report:
     reordered: int = 0
     unexpected: int = 0
     convergence_s: float | None = None
+    nats_recovery_s: float | None = None
+    """Partition scenarios: from the network heal until NATS reports every server healthy."""
     replicas_checked: int = 0
     examples: list[str] = field(default_factory=list)
 
     def ok(self) -> bool:
         return (self.lost, self.duplicated, self.reordered, self.unexpected) == (0, 0, 0, 0)
+
+    def save(self) -> None:
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        (REPORTS / f"{self.scenario}.json").write_text(json.dumps(asdict(self), indent=2))
+        (REPORTS / f"{self.scenario}.txt").write_text(self.summary() + "\n")
 
     def summary(self) -> str:
         conv = "never" if self.convergence_s is None else f"{self.convergence_s:.2f}s"
@@ -128,8 +135,6 @@ def check(
         report.lost += len(missing)
         report.examples += [f"{base}: lost {m}" for m in sorted(missing)[:5]]
     report.examples = report.examples[:20]
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    (REPORTS / f"{scenario}.json").write_text(json.dumps(asdict(report), indent=2))
-    (REPORTS / f"{scenario}.txt").write_text(report.summary() + "\n")
+    report.save()
     print(report.summary())
     return report

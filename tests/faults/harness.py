@@ -14,23 +14,50 @@ from typing import Any
 
 from chat_cluster.local import Service
 from chat_cluster.natsserver import NatsServer, ServerConfig, free_port
+from tests.faults.proxy import Proxies, Proxy
 from tests.support import wait_until
 
 
 class Cluster:
-    def __init__(self, nats_bin: Path, workdir: Path, servers: int = 1) -> None:
+    """With ``proxies``, every route between two servers and every client connection to a
+    server runs through a test-owned proxy, so ``partition(server)`` can cut it off."""
+
+    def __init__(
+        self, nats_bin: Path, workdir: Path, servers: int = 1, proxies: Proxies | None = None
+    ) -> None:
         self.workdir = workdir
         self.servers: list[NatsServer] = []
+        self.proxies = proxies
+        self._around: dict[str, list[Proxy]] = {}
+        self._client_urls: list[str] = []
         cluster_ports = [free_port() for _ in range(servers)] if servers > 1 else []
+        client_ports = [free_port() for _ in range(servers)]
+        pair: dict[tuple[int, int], Proxy] = {}
+        if proxies is not None:
+            for i in range(servers):
+                for j in range(servers):
+                    if i != j:
+                        pair[i, j] = proxies.add(cluster_ports[j])
         for i in range(servers):
-            routes = tuple(p for j, p in enumerate(cluster_ports) if j != i)
+            name = f"s{i + 1}"
+            if proxies is not None:
+                routes = tuple(pair[i, j].port for j in range(servers) if j != i)
+                client = proxies.add(client_ports[i])
+                self._client_urls.append(f"nats://127.0.0.1:{client.port}")
+                self._around[name] = [client, *(p for (a, b), p in pair.items() if i in (a, b))]
+            else:
+                routes = tuple(p for j, p in enumerate(cluster_ports) if j != i)
+                self._client_urls.append(f"nats://127.0.0.1:{client_ports[i]}")
             config = ServerConfig(
-                name=f"s{i + 1}",
-                store_dir=workdir / f"js-s{i + 1}",
-                port=free_port(),
+                name=name,
+                store_dir=workdir / f"js-{name}",
+                port=client_ports[i],
                 monitor_port=free_port(),
                 cluster_port=cluster_ports[i] if cluster_ports else None,
                 routes=routes,
+                # Through proxies, peers must not learn (and use) each other's real ports.
+                cluster_advertise="127.0.0.1:1" if proxies is not None else None,
+                no_advertise=proxies is not None,
             )
             self.servers.append(NatsServer(nats_bin, config, workdir))
         self.nodes: dict[str, Service] = {}
@@ -39,7 +66,16 @@ class Cluster:
 
     @property
     def nats_urls(self) -> str:
-        return ",".join(s.config.url for s in self.servers)
+        return ",".join(self._client_urls)
+
+    def partition(self, server: NatsServer) -> None:
+        """Cut ``server`` off from its peers and from every client."""
+        assert self.proxies is not None, "build the Cluster with proxies to partition it"
+        self.proxies.cut(self._around[server.config.name])
+
+    def heal(self, server: NatsServer) -> None:
+        assert self.proxies is not None
+        self.proxies.heal(self._around[server.config.name])
 
     @property
     def replicas(self) -> int:
@@ -123,6 +159,29 @@ class Cluster:
                     if stream.get("name") == "CHAT" and leader:
                         return next(s for s in self.servers if s.config.name == leader)
         raise AssertionError("no stream leader known")
+
+    def healthy(self) -> bool:
+        """Every server's /healthz is 200: JetStream has a meta leader and is current."""
+        for server in self.servers:
+            url = f"http://{server.config.host}:{server.config.monitor_port}/healthz"
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status != 200:
+                        return False
+            except (urllib.error.URLError, OSError):
+                return False
+        return True
+
+    def leaders(self, seen_by: NatsServer) -> tuple[str | None, str | None]:
+        """(meta leader, CHAT stream leader) as one server sees them now."""
+        info = monitor(seen_by, "/jsz?streams=true")
+        meta = (info.get("meta_cluster") or {}).get("leader")
+        stream = None
+        for account in info.get("account_details") or []:
+            for detail in account.get("stream_detail") or []:
+                if detail.get("name") == "CHAT":
+                    stream = (detail.get("cluster") or {}).get("leader")
+        return meta, stream
 
     def close(self) -> None:
         for service in [*self.nodes.values(), *([self.archiver] if self.archiver else [])]:
