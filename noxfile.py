@@ -58,6 +58,13 @@ def faults(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (at most ~10 minutes); writes bench/results/latest.{json,md}."""
+    install(session, "dev.lock")
+    session.run("python", "-m", "bench.run", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     install(session, "dev.lock")
     session.run("ruff", "check", "services", "tests", "bench", "noxfile.py")

@@ -1,0 +1,351 @@
+"""Each figure of the benchmark suite, measured beside its ceiling in the same run."""
+
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+import nats
+import websockets
+
+from bench.common import Figure, NodeProc, cpu_seconds, start_nats
+from chatlog import ChatLog, StreamSpec
+
+TEXT = "x" * 200
+
+
+async def fill(url: str, count: int, channels: int = 100) -> None:
+    log = await ChatLog.connect([url], name="bench-fill", spec=StreamSpec(), timeout=30)
+    await log.ensure_stream()
+    payload = json.dumps({"text": TEXT, "user": "bench"}).encode()
+    window = 2000
+    for start in range(0, count, window):
+        await asyncio.gather(
+            *(
+                log.publish(f"c{i % channels}", payload, f"f{i}")
+                for i in range(start, min(count, start + window))
+            )
+        )
+    await log.close()
+
+
+async def raw_ordered_replay(url: str, count: int) -> float:
+    """The ceiling for catch-up: nats-py's own ordered consumer, doing nothing per message."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    done = asyncio.Event()
+    seen = 0
+
+    async def on_msg(msg: object) -> None:
+        nonlocal seen
+        seen += 1
+        if seen >= count:
+            done.set()
+
+    t0 = time.perf_counter()
+    sub = await js.subscribe(
+        "chat.>", cb=on_msg, ordered_consumer=True, pending_msgs_limit=-1, pending_bytes_limit=-1
+    )
+    await asyncio.wait_for(done.wait(), 600)
+    elapsed = time.perf_counter() - t0
+    await sub.unsubscribe()
+    await nc.close()
+    return elapsed
+
+
+async def catch_up_and_memory(work: Path, count: int) -> list[Figure]:
+    server = start_nats(work, sync_always=False)  # a faster fill; replay does not write
+    try:
+        await fill(server.config.url, 0)  # the stream, empty
+        empty = NodeProc(server.config.url)
+        try:
+            await asyncio.to_thread(empty.wait_ready)
+            empty_rss = empty.rss()
+        finally:
+            empty.stop()
+        await fill(server.config.url, count)
+        raw = await raw_ordered_replay(server.config.url, count)
+        node = NodeProc(server.config.url)
+        try:
+            ready = await asyncio.to_thread(node.wait_ready, 300)
+            full_rss = node.rss()
+        finally:
+            node.stop()
+    finally:
+        server.stop()
+    raw_rate, node_rate = count / raw, count / ready
+    payload_bytes = len(json.dumps({"text": TEXT, "user": "bench"}))
+    per_msg = (full_rss - empty_rss) / count
+    return [
+        Figure(
+            "1",
+            f"catch-up of {count:,} messages: node ready",
+            ready,
+            "s",
+            target="<= 10 s",
+            passed=ready <= 10,
+            note="from process start; fill used the 2-min sync default",
+        ),
+        Figure(
+            "1",
+            "catch-up rate (node vs raw nats-py ordered consumer)",
+            node_rate,
+            "msg/s",
+            ceiling=raw_rate,
+            ratio=node_rate / raw_rate,
+            target=">= 0.8",
+            passed=node_rate / raw_rate >= 0.8,
+        ),
+        Figure(
+            "4",
+            f"memory per message ({count:,} held)",
+            per_msg,
+            "B",
+            ceiling=payload_bytes,
+            ratio=per_msg / payload_bytes,
+            target="<= 400 B",
+            passed=per_msg <= 400,
+            note="ceiling column: raw payload bytes",
+        ),
+    ]
+
+
+async def ws_throughput(url: str, count: int, window: int = 256) -> float:
+    async with websockets.connect(url.replace("http", "ws") + "/ws", max_queue=None) as ws:
+        inflight = 0
+        sent = acked = 0
+        t0 = time.perf_counter()
+        while acked < count:
+            while inflight < window and sent < count:
+                await ws.send(
+                    json.dumps(
+                        {
+                            "op": "send",
+                            "channel": f"c{sent % 100}",
+                            "text": TEXT,
+                            "id": f"w{sent}-{t0}",
+                        }
+                    )
+                )
+                sent += 1
+                inflight += 1
+            frame = json.loads(await ws.recv())
+            if frame["op"] == "ack":
+                acked += 1
+                inflight -= 1
+            elif frame["op"] == "error":
+                raise RuntimeError(frame)
+        return count / (time.perf_counter() - t0)
+
+
+async def rest_throughput(url: str, count: int, concurrency: int = 32) -> float:
+    """Keep-alive HTTP/1.1 over raw asyncio streams: httpx itself tops out near 1,000
+    requests/s here and would measure the load generator, not the node."""
+    host, port = url.removeprefix("http://").split(":")
+    t0 = time.perf_counter()
+    next_i = 0
+
+    async def worker() -> None:
+        nonlocal next_i
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            while next_i < count:
+                i = next_i
+                next_i += 1
+                body = json.dumps(
+                    {"channel": f"c{i % 100}", "text": TEXT, "id": f"r{i}-{t0}"}
+                ).encode()
+                writer.write(
+                    b"POST /messages HTTP/1.1\r\nHost: bench\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
+                status = await reader.readline()
+                if b" 201 " not in status:
+                    raise RuntimeError(status)
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return count / (time.perf_counter() - t0)
+
+
+async def raw_publish_rate(url: str, count: int, window: int = 256) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    payload = json.dumps({"text": TEXT}).encode()
+    t0 = time.perf_counter()
+    for start in range(0, count, window):
+        await asyncio.gather(
+            *(
+                js.publish(f"chat.c{i % 100}", payload, headers={"Nats-Msg-Id": f"p{i}-{t0}"})
+                for i in range(start, min(count, start + window))
+            )
+        )
+    rate = count / (time.perf_counter() - t0)
+    await nc.close()
+    return rate
+
+
+async def write_throughput(work: Path, count: int) -> list[Figure]:
+    figures = []
+    for sync in (True, False):
+        server = start_nats(work, sync_always=sync)
+        try:
+            log = await ChatLog.connect([server.config.url], name="b", spec=StreamSpec())
+            await log.ensure_stream()
+            await log.close()
+            node = NodeProc(server.config.url)
+            try:
+                await asyncio.to_thread(node.wait_ready)
+                ceiling = await raw_publish_rate(server.config.url, count)
+                ws_rate = await ws_throughput(node.url, count)
+                rest_rate = await rest_throughput(node.url, count // 4)
+            finally:
+                node.stop()
+        finally:
+            server.stop()
+        label = "sync_interval always" if sync else "2-min sync default"
+        number = "2" if sync else "6"
+        figures += [
+            Figure(
+                number,
+                f"write throughput, WebSocket pipelined ({label})",
+                ws_rate,
+                "msg/s",
+                ceiling=ceiling,
+                ratio=ws_rate / ceiling,
+                target=">= 0.5" if sync else "report",
+                passed=(ws_rate / ceiling >= 0.5) if sync else None,
+            ),
+            Figure(
+                number,
+                f"write throughput, REST 32 keep-alive connections ({label})",
+                rest_rate,
+                "msg/s",
+                ceiling=ceiling,
+                ratio=rest_rate / ceiling,
+                target=">= 0.5" if sync else "report",
+                passed=(rest_rate / ceiling >= 0.5) if sync else None,
+            ),
+        ]
+    return figures
+
+
+async def idle_connections(work: Path, count: int) -> list[Figure]:
+    server = start_nats(work)
+    node = NodeProc(server.config.url)
+    sockets = []
+    try:
+        await asyncio.to_thread(node.wait_ready)
+        before = node.rss()
+        url = node.url.replace("http", "ws") + "/ws"
+        for start in range(0, count, 200):
+            sockets += await asyncio.gather(
+                *(websockets.connect(url, open_timeout=60) for _ in range(min(200, count - start)))
+            )
+        await asyncio.sleep(1)
+        after = node.rss()
+    finally:
+        for ws in sockets:
+            await ws.close()
+        node.stop()
+        server.stop()
+    per = (after - before) / count / 1024
+    return [
+        Figure(
+            "5",
+            f"memory per idle WebSocket ({count:,} open)",
+            per,
+            "KB",
+            target="<= 30 KB",
+            passed=per <= 30,
+        )
+    ]
+
+
+async def fan_out(
+    work: Path,
+    clients: int,
+    channels: int,
+    rate: float,
+    seconds: float,
+    nodes: int,
+    number: str,
+    target_ms: float,
+) -> list[Figure]:
+    server = start_nats(work)
+    procs = [NodeProc(server.config.url) for _ in range(nodes)]
+    sockets = []
+    latencies: list[float] = []
+    try:
+        for p in procs:
+            await asyncio.to_thread(p.wait_ready)
+        for i in range(clients):
+            node = procs[i % nodes]
+            ws = await websockets.connect(node.url.replace("http", "ws") + "/ws", max_queue=None)
+            await ws.send(json.dumps({"op": "join", "channel": f"f{i % channels}", "after": 0}))
+            assert json.loads(await ws.recv())["op"] == "joined"
+            sockets.append(ws)
+
+        async def reader(ws: websockets.ClientConnection) -> None:
+            async for raw in ws:
+                now = time.perf_counter()
+                frame = json.loads(raw)
+                if frame.get("op") == "message":
+                    latencies.append(now - float(frame["text"]))
+
+        readers = [asyncio.create_task(reader(ws)) for ws in sockets]
+        sender = await websockets.connect(procs[0].url.replace("http", "ws") + "/ws")
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        total = int(rate * seconds)
+        for k in range(total):
+            target = t0 + k / rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await sender.send(
+                json.dumps(
+                    {"op": "send", "channel": f"f{k % channels}", "text": repr(time.perf_counter())}
+                )
+            )
+        await asyncio.sleep(1.0)
+        elapsed = time.perf_counter() - t0
+        cpu = (cpu_seconds() - cpu0) / elapsed
+        for task in readers:
+            task.cancel()
+        await sender.close()
+    finally:
+        for ws in sockets:
+            await ws.close()
+        for p in procs:
+            p.stop()
+        server.stop()
+    latencies.sort()
+    expected = int(rate * seconds) * clients // channels
+    p99 = latencies[int(len(latencies) * 0.99)] * 1000 if latencies else float("nan")
+    p50 = statistics.median(latencies) * 1000 if latencies else float("nan")
+    note = (
+        f"{clients} clients, {channels} channels, {rate:g} msg/s, {nodes} node(s); "
+        f"p50 {p50:.1f} ms, max {latencies[-1] * 1000:.1f} ms; "
+        f"{len(latencies):,}/{expected:,} delivered; load generator CPU {cpu:.2f} cores"
+    )
+    return [
+        Figure(
+            number,
+            "fan-out p99 send to receipt",
+            p99,
+            "ms",
+            target=f"<= {target_ms:g} ms",
+            passed=p99 <= target_ms and len(latencies) >= expected,
+            note=note,
+        )
+    ]

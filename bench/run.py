@@ -1,0 +1,57 @@
+"""The benchmark suite: ``nox -s bench`` (``--quick`` for a smaller, faster pass).
+
+Writes bench/results/latest.json and latest.md. Every figure that has a ceiling
+is measured beside it in the same run: this machine is shared and noisy, so
+ratios hold where absolute numbers drift.
+"""
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import figures
+from bench.common import Figure, machine, raise_fd_limit, write_results
+
+
+async def main(quick: bool) -> None:
+    raise_fd_limit()
+    work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+    scale = 10 if quick else 1
+    results: list[Figure] = []
+
+    async def section(name: str, coro: object) -> None:
+        print(f"-- {name}", flush=True)
+        try:
+            got = await coro  # type: ignore[misc]
+        except Exception as exc:  # a broken figure is reported, the rest still run
+            print(f"   failed: {exc!r}", flush=True)
+            results.append(Figure("-", f"{name} (did not complete: {exc!r:.80})", 0, ""))
+            return
+        for figure in got:
+            print(f"   {figure}", flush=True)
+        results.extend(got)
+
+    await section(
+        "catch-up and memory per message", figures.catch_up_and_memory(work, 1_000_000 // scale)
+    )
+    await section(
+        "write throughput and durability cost", figures.write_throughput(work, 20_000 // scale)
+    )
+    await section(
+        "fan-out, 1,000 clients over 100 channels, 3 nodes",
+        figures.fan_out(work, 1000 // scale, 100 // scale, 1000 / scale, 5, 3, "3", 20),
+    )
+    await section(
+        "hot channel, 1,000 clients on one channel, 3 nodes",
+        figures.fan_out(work, 1000 // scale, 1, 10, 5, 3, "3b", 50),
+    )
+    await section("idle WebSocket memory", figures.idle_connections(work, 10_000 // scale))
+    print(write_results(results, machine()))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    sys.exit(asyncio.run(main(parser.parse_args().quick)))
