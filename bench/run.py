@@ -47,6 +47,12 @@ async def main(quick: bool) -> None:
         "hot channel, 1,000 clients on one channel, 3 nodes",
         figures.fan_out(work, 1000 // scale, 1, 10, 5, 3, "3b", 50),
     )
+    await section(
+        "delivery capacity, one node",
+        figures.delivery_capacity(
+            work, 500 // scale, 50 // scale or 1, [200, 500, 1000, 2000, 4000, 8000]
+        ),
+    )
     await section("idle WebSocket memory", figures.idle_connections(work, 10_000 // scale))
     print(write_results(results, machine()))
 
