@@ -71,6 +71,12 @@ async def catch_up_and_memory(work: Path, count: int) -> list[Figure]:
             full_rss = node.rss()
         finally:
             node.stop()
+        bounded = NodeProc(server.config.url, "--keep-per-channel", "1000")
+        try:
+            await asyncio.to_thread(bounded.wait_ready, 300)
+            bounded_rss = bounded.rss()
+        finally:
+            bounded.stop()
     finally:
         server.stop()
     raw_rate, node_rate = count / raw, count / ready

@@ -5,8 +5,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from archiver.settings import ArchiverSettings
-from chatlog import ChatLog, LogError, LogUnavailable, Record, take
-from chatlog.records import encode_record
+from chatlog import ChatLog, LogError, LogUnavailable
 
 log = logging.getLogger("archiver")
 
@@ -53,30 +52,8 @@ class Reader:
     async def page(
         self, channel: str, after: int, limit: int, max_text: int
     ) -> tuple[list[tuple[int, bytes]], int]:
-        """Up to ``limit`` records with seq > after, and the seq to continue after. Skipped
-        (poison) entries are passed over, exactly as every chat node passes over them."""
-        chatlog = self.log()
-        records: list[tuple[int, bytes]] = []
-        cursor = after
-        while len(records) < limit:
-            wanted = limit - len(records)
-            entries, pending = await chatlog.page(channel, cursor, wanted)
-            if len(entries) < wanted:
-                # A short answer is the end of the channel, or a replica that is behind
-                # (it holds a prefix of the log, so what it returned is right, just short).
-                # The leader decides: its next entry, if any, continues the page.
-                tail = await chatlog.next_entry(channel, entries[-1].seq if entries else cursor)
-                if tail is not None:
-                    entries.append(tail)
-                    pending = 1
-            for entry in entries:
-                cursor = entry.seq
-                taken = take(entry, max_text)
-                if isinstance(taken, Record):
-                    records.append((taken.seq, encode_record(taken)))
-            if not entries or pending == 0:
-                break
-        return records, cursor
+        """Up to ``limit`` records with seq > after, and the seq to continue after."""
+        return await self.log().read_records(channel, after, limit, max_text)
 
     async def export(self, channel: str, max_text: int, up_to: int) -> AsyncIterator[bytes]:
         """Every record of the channel up to seq ``up_to``, one JSON line each, a page at a

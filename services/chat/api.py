@@ -8,6 +8,7 @@ from litestar.connection import WebSocket
 from litestar.datastructures import State
 from litestar.params import FromQuery, QueryParameter
 
+from chat import history
 from chat.follower import Follower
 from chat.replica import Replica
 from chat.settings import NodeSettings
@@ -73,7 +74,7 @@ async def list_messages(
             f"seq {min_seq} not applied within {settings.min_seq_wait}s"
             f" (applied {replica.applied})",
         )
-    page = replica.read(channel, after, limit)
+    page = await history.read(replica, state.follower, channel, after, limit)
     return MessagesPage(
         channel=channel,
         epoch=replica.epoch or "",
@@ -99,7 +100,7 @@ async def send_message(request: Request[object, object, State], state: State) ->
 def list_channels(state: State) -> list[ChannelInfo]:
     replica: Replica = state.replica
     return [
-        ChannelInfo(channel=name, count=len(log.seqs), last_seq=log.last_seq)
+        ChannelInfo(channel=name, count=log.total, last_seq=log.last_seq)
         for name, log in sorted(replica.channels.items())
     ]
 
@@ -112,7 +113,7 @@ async def ws_endpoint(socket: WebSocket[object, object, State]) -> None:
     if hub.draining:
         await socket.close(CLOSE_GOING_AWAY, "node shutting down")
         return
-    session = Session(socket, state.replica, state.writer, state.settings)
+    session = Session(socket, state.replica, state.writer, state.settings, state.follower)
     hub.sessions.add(session)
     try:
         await session.run()

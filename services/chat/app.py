@@ -20,7 +20,7 @@ log = logging.getLogger("chat.app")
 
 
 def create_app(settings: NodeSettings) -> Litestar:
-    replica = Replica(settings.stream.max_text)
+    replica = Replica(settings.stream.max_text, settings.keep_per_channel)
     follower = Follower(settings, replica)
     hub = Hub()
     state = State(

@@ -28,17 +28,30 @@ class Listener(Protocol):
 
 
 class ChannelLog:
-    """One channel's records, ascending by seq, kept as their encoded JSON."""
+    """One channel's newest records, ascending by seq, kept as their encoded JSON.
 
-    __slots__ = ("records", "seqs")
+    With a bound, the oldest records are dropped in chunks; ``dropped_through`` is the
+    highest seq no longer held, and readers fetch anything at or below it from the log.
+    """
+
+    __slots__ = ("dropped_through", "records", "seqs", "total")
 
     def __init__(self) -> None:
         self.seqs = array("q")
         self.records: list[str] = []
+        self.dropped_through = 0
+        self.total = 0
 
-    def append(self, seq: int, record_json: str) -> None:
+    def append(self, seq: int, record_json: str, keep: int | None) -> None:
         self.seqs.append(seq)
         self.records.append(record_json)
+        self.total += 1
+        if keep is not None and len(self.seqs) > keep + max(64, keep // 4):
+            # Chunked, so the O(n) delete is paid once per keep/4 appends.
+            drop = len(self.seqs) - keep
+            self.dropped_through = self.seqs[drop - 1]
+            del self.seqs[:drop]
+            del self.records[:drop]
 
     def after(self, after: int, limit: int) -> list[tuple[int, str]]:
         start = bisect_right(self.seqs, after)
@@ -47,7 +60,7 @@ class ChannelLog:
 
     def seq_before_last(self, n: int) -> int:
         """The seq to read ``after`` so that the last ``n`` records follow."""
-        return self.seqs[-n - 1] if len(self.seqs) > n else 0
+        return self.seqs[-n - 1] if len(self.seqs) > n else self.dropped_through
 
     @property
     def last_seq(self) -> int:
@@ -55,7 +68,8 @@ class ChannelLog:
 
 
 class Replica:
-    def __init__(self, default_max_text: int) -> None:
+    def __init__(self, default_max_text: int, keep_per_channel: int | None = None) -> None:
+        self.keep = keep_per_channel
         self.epoch: str | None = None
         self.applied = 0
         self.max_text = default_max_text
@@ -99,7 +113,7 @@ class Replica:
             channel = self.channels.get(taken.channel)
             if channel is None:
                 channel = self.channels[taken.channel] = ChannelLog()
-            channel.append(taken.seq, record_json)
+            channel.append(taken.seq, record_json, self.keep)
             listeners = self._listeners.get(taken.channel)
             if listeners:
                 frame = message_frame(record_json)
@@ -111,6 +125,11 @@ class Replica:
     def read(self, channel: str, after: int, limit: int) -> list[tuple[int, str]]:
         found = self.channels.get(channel)
         return found.after(after, limit) if found else []
+
+    def dropped_through(self, channel: str) -> int:
+        """Records of ``channel`` at or below this seq are only in the log, not here."""
+        found = self.channels.get(channel)
+        return found.dropped_through if found else 0
 
     def default_after(self, channel: str, last_n: int) -> int:
         found = self.channels.get(channel)

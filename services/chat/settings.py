@@ -28,5 +28,7 @@ class NodeSettings:
     """Consecutive bad frames before a WebSocket is closed with 1008."""
     ws_inflight_sends: int = 256
     ws_close_timeout: float = 10.0
+    keep_per_channel: int | None = None
+    """Hold only the newest N records of each channel (older pages come from the log)."""
     grace: float = 10.0
     """Seconds a SIGTERM waits for WebSockets to close (1001) before the process exits."""

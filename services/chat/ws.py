@@ -17,6 +17,8 @@ from typing import Any, cast
 import msgspec
 from litestar import WebSocket
 
+from chat import history
+from chat.follower import Follower
 from chat.replica import Replica
 from chat.settings import NodeSettings
 from chat.wire import (
@@ -63,8 +65,10 @@ class Session:
         replica: Replica,
         writer: Writer,
         settings: NodeSettings,
+        follower: Follower,
     ) -> None:
         self._ws = socket
+        self._follower = follower
         self._replica = replica
         self._writer = writer
         self._settings = settings
@@ -159,6 +163,21 @@ class Session:
 
     async def _catch_up(self, sub: Subscription) -> None:
         while self._subs.get(sub.channel) is sub and self._close is None:
+            if sub.cursor < self._replica.dropped_through(sub.channel):
+                # Older than what this node holds: from the log, then loop and look again
+                # (the replica may have dropped more while we were awaiting).
+                try:
+                    old = await history.read(
+                        self._replica, self._follower, sub.channel, sub.cursor, PAGE
+                    )
+                except ServiceError as exc:
+                    self.close(CLOSE_TRY_AGAIN, f"history unavailable: {exc.detail}"[:120])
+                    return
+                for seq, record_json in old:
+                    if seq > sub.cursor:
+                        await self._ws.send_text(message_frame(record_json))
+                        sub.cursor = seq
+                continue
             page = self._replica.read(sub.channel, sub.cursor, PAGE)
             if not page:
                 # No await between this empty read and going live: the next message

@@ -47,6 +47,15 @@ def _port(raw: str) -> int:
     return value
 
 
+def _keep(raw: str) -> int | None:
+    value = int(raw)
+    if value == 0:
+        return None
+    if value < 100:
+        raise ValueError("must be 0 (hold everything) or >= 100 (a join shows the last 100)")
+    return value
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if value <= 0:
@@ -113,6 +122,7 @@ def node_settings(args: argparse.Namespace) -> NodeSettings:
         stream=stream_spec(args),
         grace=args.grace,
         ws_queue=args.ws_queue,
+        keep_per_channel=args.keep_per_channel,
     )
 
 
@@ -133,6 +143,13 @@ def add_node_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> N
         type=_positive_float,
         default=_env(env, "GRACE_SECONDS", 10.0, _positive_float),
         help="seconds SIGTERM waits for WebSockets to close (env GRACE_SECONDS)",
+    )
+    parser.add_argument(
+        "--keep-per-channel",
+        type=_keep,
+        default=_env(env, "KEEP_PER_CHANNEL", None, _keep),
+        help="hold only the newest N (>= 100) records per channel in memory; older pages "
+        "are read from the log (env KEEP_PER_CHANNEL; default: hold everything)",
     )
     parser.add_argument(
         "--ws-queue",

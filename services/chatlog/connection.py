@@ -21,7 +21,7 @@ from nats.js import JetStreamContext, api
 
 from chatlog.errors import LogRejected, LogUnavailable
 from chatlog.names import STREAM_NAME, SUBJECTS, channel_of, subject_for
-from chatlog.records import LogEntry
+from chatlog.records import LogEntry, Record, encode_record, take
 from chatlog.stream import StreamSpec, max_text_of
 from chatlog.tail import Tail
 
@@ -273,6 +273,31 @@ class ChatLog:
             stored_ns=_ns_from_rfc3339(found["time"]),
             msg_id=msg_id,
         )
+
+    async def read_records(
+        self, channel: str, after: int, limit: int, max_text: int
+    ) -> tuple[list[tuple[int, bytes]], int]:
+        """Up to ``limit`` records of ``channel`` with seq > ``after``, encoded exactly as every
+        replica encodes them (poison passed over by the same rule), and the seq to continue
+        after. A short Direct Get answer is confirmed with the leader (see next_entry)."""
+        records: list[tuple[int, bytes]] = []
+        cursor = after
+        while len(records) < limit:
+            wanted = limit - len(records)
+            entries, pending = await self.page(channel, cursor, wanted)
+            if len(entries) < wanted:
+                tail = await self.next_entry(channel, entries[-1].seq if entries else cursor)
+                if tail is not None:
+                    entries.append(tail)
+                    pending = 1
+            for entry in entries:
+                cursor = entry.seq
+                taken = take(entry, max_text)
+                if isinstance(taken, Record):
+                    records.append((taken.seq, encode_record(taken)))
+            if not entries or pending == 0:
+                break
+        return records, cursor
 
     async def channel_stats(self) -> list[ChannelStat]:
         """Count and last seq of every valid channel, from the stream's per-subject state."""

@@ -60,6 +60,8 @@ def test_missing_nats_server_bin_is_named(tmp_path: Path) -> None:
 def test_bad_env_values_are_named() -> None:
     out = cli("node", env={"PORT": "eighty"})
     assert out.returncode == 2 and "PORT='eighty'" in out.stderr
+    out = cli("node", env={"KEEP_PER_CHANNEL": "50"})
+    assert out.returncode == 2 and "KEEP_PER_CHANNEL='50'" in out.stderr and ">= 100" in out.stderr
     out = cli("node", "--nats-url", "http://127.0.0.1:4222")
     assert out.returncode == 2 and "must start with nats://" in out.stderr
 
