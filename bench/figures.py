@@ -113,6 +113,17 @@ async def catch_up_and_memory(work: Path, count: int) -> list[Figure]:
             passed=per_msg <= 400,
             note="ceiling column: raw payload bytes",
         ),
+        Figure(
+            "4",
+            f"memory per message of the log with --keep-per-channel 1000 ({count:,})",
+            (bounded_rss - empty_rss) / count,
+            "B",
+            ceiling=payload_bytes,
+            ratio=(bounded_rss - empty_rss) / count / payload_bytes,
+            target="<= 400 B",
+            passed=(bounded_rss - empty_rss) / count <= 400,
+            note="holds the newest 1,000-1,250 per channel; older pages from the log",
+        ),
     ]
 
 
