@@ -149,6 +149,9 @@ class Cluster:
 
     def stream_leader(self) -> NatsServer:
         """The server that leads the CHAT stream now, from any live server's monitor."""
+        return wait_until(self._stream_leader, timeout=15, what="a known stream leader")
+
+    def _stream_leader(self) -> NatsServer | None:
         for server in self.servers:
             if not server.running:
                 continue
@@ -158,7 +161,7 @@ class Cluster:
                     leader = (stream.get("cluster") or {}).get("leader")
                     if stream.get("name") == "CHAT" and leader:
                         return next(s for s in self.servers if s.config.name == leader)
-        raise AssertionError("no stream leader known")
+        return None
 
     def healthy(self) -> bool:
         """Every server's /healthz is 200: JetStream has a meta leader and is current."""

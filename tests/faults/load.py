@@ -82,7 +82,7 @@ class Load:
         return random.choice(others) if others else None
 
     async def _rest(self, w: int) -> None:
-        async with httpx.AsyncClient(timeout=5) as http:
+        async with httpx.AsyncClient(timeout=3) as http:
             for k in itertools.count():
                 if not self._running(k):
                     return
@@ -139,11 +139,12 @@ class Load:
                             if node is None:
                                 await asyncio.sleep(0.1)
                                 continue
+                            # A paused node never answers a close: do not wait on it.
                             ws = await websockets.connect(
-                                node.replace("http", "ws") + "/ws", open_timeout=3
+                                node.replace("http", "ws") + "/ws", open_timeout=3, close_timeout=1
                             )
                         await ws.send(frame)
-                        async with asyncio.timeout(6):
+                        async with asyncio.timeout(3):
                             answer = json.loads(await ws.recv())
                         if answer["op"] == "ack" and answer["id"] == attempt.id:
                             attempt.seq = answer["seq"]
