@@ -149,7 +149,9 @@ class Cluster:
 
     def stream_leader(self) -> NatsServer:
         """The server that leads the CHAT stream now, from any live server's monitor."""
-        return wait_until(self._stream_leader, timeout=15, what="a known stream leader")
+        leader = wait_until(self._stream_leader, timeout=15, what="a known stream leader")
+        assert leader is not None
+        return leader
 
     def _stream_leader(self) -> NatsServer | None:
         for server in self.servers:
