@@ -81,7 +81,9 @@ def typecheck(session: nox.Session) -> None:
 def up(session: nox.Session) -> None:
     """Run the local cluster (3 chat nodes, the archiver, nats-server). Ctrl-C stops it."""
     install(session, "run.lock")
-    session.run("chat-cluster", "up", *session.posargs)
+    # Ctrl-C reaches nox and `up` together; nox must then wait while `up` stops the
+    # nodes and NATS in order (its default would kill `up` after half a second).
+    session.run("chat-cluster", "up", *session.posargs, interrupt_timeout=60)
 
 
 @nox.session
