@@ -253,7 +253,12 @@ class ChatLog:
         if error:
             if error.get("code") == 404:
                 return None
-            raise LogRejected(f"msg get: {error.get('description')} (code {error.get('err_code')})")
+            detail = f"msg get: {error.get('description')} (code {error.get('err_code')})"
+            if error.get("code") == 503:
+                # "JetStream system temporarily unavailable": e.g. right after a partition
+                # heals, until a meta leader is elected again. Retryable, nothing is wrong.
+                raise LogUnavailable(detail)
+            raise LogRejected(detail)
         found = answer["message"]
         headers = (
             base64.b64decode(found["hdrs"]).decode("utf-8", "replace") if found.get("hdrs") else ""

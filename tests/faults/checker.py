@@ -17,7 +17,7 @@ from typing import Any
 
 from chat_cluster.local import Service
 from tests.faults.load import CHANNELS, Attempt
-from tests.support import ROOT, all_messages, http
+from tests.support import ROOT, all_messages, http, wait_until
 
 REPORTS = Path(os.environ.get("FAULTS_REPORT_DIR", ROOT / ".faults"))
 
@@ -54,17 +54,35 @@ class Report:
             f"{self.failed}, raw {self.raw}, lost {self.lost}, duplicated {self.duplicated}, "
             f"reordered {self.reordered}, unexpected {self.unexpected}, converged {conv} "
             f"across {self.replicas_checked} replicas"
+            + (
+                ""
+                if self.nats_recovery_s is None
+                else f"; NATS healthy {self.nats_recovery_s:.2f}s after the heal"
+            )
         )
 
 
 def _history(base: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for channel in CHANNELS:
-        if "/messages/" in base or base.endswith("/messages"):
-            rows += all_messages(f"{base}/{channel}", channel)
-        else:
-            rows += all_messages(base, channel)
-    return rows
+    """Every record a replica serves. A 503 right after a fault is retried for a while,
+    as a client would; anything else fails the check."""
+
+    def read() -> tuple[list[dict[str, Any]]] | None:
+        rows: list[dict[str, Any]] = []
+        try:
+            for channel in CHANNELS:
+                if base.endswith("/messages"):
+                    rows += all_messages(f"{base}/{channel}", channel)
+                else:
+                    rows += all_messages(base, channel)
+        except AssertionError as exc:
+            if " 503, " not in str(exc):
+                raise
+            return None
+        return (rows,)  # truthy even when the replica is empty
+
+    answer = wait_until(read, timeout=20, what=f"{base} to answer")
+    assert answer is not None
+    return answer[0]
 
 
 def _progress(node: Service) -> tuple[int, Any]:
@@ -136,5 +154,4 @@ def check(
         report.examples += [f"{base}: lost {m}" for m in sorted(missing)[:5]]
     report.examples = report.examples[:20]
     report.save()
-    print(report.summary())
     return report
