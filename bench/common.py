@@ -8,11 +8,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from chat_cluster.local import is_ready
 from chat_cluster.natsserver import NatsServer, ServerConfig, checked_binary, free_port
 
 RESULTS = Path(__file__).parent / "results"
@@ -74,11 +73,7 @@ class NodeProc:
         )
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/readyz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return is_ready(self.url)
 
     def wait_ready(self, timeout: float = 120) -> float:
         t0 = time.perf_counter()

@@ -65,6 +65,15 @@ class Ports:
         return out
 
 
+def is_ready(base_url: str) -> bool:
+    """True when the service at ``base_url`` answers 200 on /readyz."""
+    try:
+        with urllib.request.urlopen(base_url + "/readyz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 class Service:
     """A chat node or the archiver, run as ``python -m chat_cluster <kind> ...``."""
 
@@ -96,11 +105,7 @@ class Service:
         return f"http://{HOST}:{self.port}"
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/readyz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return is_ready(self.url)
 
     def stop(self, timeout: float) -> None:
         if self.proc is not None:
