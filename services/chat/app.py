@@ -19,6 +19,14 @@ from servicekit.http import EXCEPTION_HANDLERS
 log = logging.getLogger("chat.app")
 
 
+def _report_end(task: "asyncio.Task[None]") -> None:
+    # The follower only ends when cancelled; anything else leaves a frozen replica.
+    if not task.cancelled() and task.exception() is not None:
+        log.critical(
+            "the follower stopped: %r; this node no longer follows the log", task.exception()
+        )
+
+
 def create_app(settings: NodeSettings) -> Litestar:
     replica = Replica(settings.stream.max_text, settings.keep_per_channel)
     follower = Follower(settings, replica)
@@ -36,6 +44,7 @@ def create_app(settings: NodeSettings) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         task = asyncio.create_task(follower.run(), name=f"follower {settings.node_id}")
+        task.add_done_callback(_report_end)
         log.info("node %s starting", settings.node_id)
         try:
             yield

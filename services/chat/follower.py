@@ -52,7 +52,14 @@ class Follower:
             applied = self._replica.applied
             try:
                 await self._bootstrap_and_follow()
-            except (TailBroken, LogError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not isinstance(exc, TailBroken | LogError):
+                    # Not expected, so say everything about it; then do what is always
+                    # safe: start again from applied+1. A follower that died here would
+                    # leave the node serving a frozen replica while it looked healthy.
+                    log.exception("unexpected error while following the log")
                 self.resets += 1
                 failures = 1 if self._replica.applied > applied else failures + 1
                 log.warning(
