@@ -1,6 +1,5 @@
 """Fixtures: real nats-server processes on free ports with temporary stores; never mocks."""
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -64,10 +63,6 @@ def node(nats: NatsServer) -> Iterator[TestClient]:  # type: ignore[type-arg]
     with TestClient(create_app(node_settings(nats))) as client:
         wait_until(lambda: client.get("/readyz").status_code == 200, what="node ready")
         yield client
-
-
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
 
 
 class NodeProcs:

@@ -51,7 +51,7 @@ class Follower:
         while True:
             applied = self._replica.applied
             try:
-                await self._bootstrap_and_follow()
+                await self._bootstrap_and_follow()  # returns only by raising
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -61,7 +61,10 @@ class Follower:
                     # leave the node serving a frozen replica while it looked healthy.
                     log.exception("unexpected error while following the log")
                 self.resets += 1
-                failures = 1 if self._replica.applied > applied else failures + 1
+                progressed = self._replica.applied > applied
+                failures = 1 if progressed else failures + 1
+                if progressed:
+                    backoff = 0.1  # a tail that worked for a while earns a quick retry
                 log.warning(
                     "consumer reset (%s); resuming from seq %d", exc, self._replica.applied + 1
                 )
@@ -73,8 +76,6 @@ class Follower:
                     failures = 0
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
-            else:
-                backoff = 0.1
 
     async def _connect(self) -> ChatLog:
         backoff = 0.1

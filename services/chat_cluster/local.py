@@ -7,7 +7,6 @@ turns ready with every message.
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -151,7 +150,7 @@ class LocalCluster:
             self._wait_ready(services, timeout=60)
             self._print_table(servers, services, version, binary)
             self._write_state(servers, services)
-            self._supervise(services)
+            self._supervise(servers, services)
         finally:
             for service in services:
                 service.stop(12)
@@ -208,7 +207,7 @@ class LocalCluster:
                 raise NatsServerError(f"not ready after {timeout}s: {names}")
             time.sleep(0.1)
 
-    def _supervise(self, services: list[Service]) -> None:
+    def _supervise(self, servers: list[NatsServer], services: list[Service]) -> None:
         while not self._stop:
             for service in services:
                 if service.proc is not None and service.proc.poll() is not None:
@@ -217,7 +216,7 @@ class LocalCluster:
                     print(f"{service.name} exited ({code}); restarting", flush=True)
                     service.stop(1)
                     service.start()
-                    self._write_state([], services)
+                    self._write_state(servers, services)
             time.sleep(0.2)
 
     def _print_table(
@@ -234,17 +233,14 @@ class LocalCluster:
         )
 
     def _write_state(self, servers: list[NatsServer], services: list[Service]) -> None:
-        state_path = self.data / "cluster.json"
+        """cluster.json: every service's URL and pid, for `kill -9` in the walkthrough."""
         state = {
             "services": {
                 s.name: {"url": s.url, "pid": s.proc.pid if s.proc else None} for s in services
             },
-            "nats": [s.config.url for s in servers] if servers else None,
+            "nats": [s.config.url for s in servers],
         }
-        if state["nats"] is None and state_path.exists():
-            state["nats"] = json.loads(state_path.read_text()).get("nats")
-        state_path.write_text(json.dumps(state, indent=2))
-        os.chmod(state_path, 0o644)
+        (self.data / "cluster.json").write_text(json.dumps(state, indent=2))
 
 
 async def _ensure_stream(urls: str, replicas: int) -> None:

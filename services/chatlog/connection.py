@@ -164,14 +164,6 @@ class ChatLog:
             except nats.js.errors.NotFoundError as exc:
                 raise LogUnavailable(f"stream {STREAM_NAME} does not exist") from exc
 
-    async def stream_exists(self) -> bool:
-        async with self._boundary("stream info"):
-            try:
-                await self._js.stream_info(STREAM_NAME)
-            except nats.js.errors.NotFoundError:
-                return False
-            return True
-
     def _info(self, info: api.StreamInfo) -> LogInfo:
         created = info.created or datetime(1970, 1, 1, tzinfo=UTC)
         return LogInfo(

@@ -90,10 +90,11 @@ def take(entry: LogEntry, max_text: int) -> Record | Skip:
         raw_text = entry.data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Skip(entry.seq, "bad_utf8", str(exc))
-    if len(entry.data) > max_text and not raw_text.lstrip().startswith("{"):
+    looks_like_object = raw_text.lstrip().startswith("{")
+    if len(entry.data) > max_text and not looks_like_object:
         return Skip(entry.seq, "oversized", f"{len(entry.data)} bytes > {max_text}")
     payload: Payload | None = None
-    if raw_text.lstrip().startswith("{"):
+    if looks_like_object:
         try:
             payload = _payload_decoder.decode(entry.data)
         except msgspec.ValidationError as exc:

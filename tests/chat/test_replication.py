@@ -1,9 +1,11 @@
 """Replicas as real processes: late joiners, poison, NATS restarts, a replaced stream."""
 
 import asyncio
+import json
 from typing import Any
 
 import nats as nats_client
+import websockets
 
 from chat_cluster.local import Service
 from chat_cluster.natsserver import NatsServer
@@ -78,10 +80,21 @@ async def test_a_replaced_stream_is_a_new_epoch_everywhere(
     await chatlog.publish("room", b"old log", "o")
     wait_until(lambda: progress(a)["applied"] == 1)
     old_epoch = progress(a)["epoch"]
+    ws = await websockets.connect(a.url.replace("http", "ws") + "/ws")
+    await ws.send(json.dumps({"op": "join", "channel": "room", "after": 0}))
+    assert json.loads(await ws.recv())["epoch"] == old_epoch
+    assert json.loads(await ws.recv())["text"] == "old log"
     await chatlog.delete_stream()
     await chatlog.ensure_stream()
     new_epoch = (await chatlog.info()).epoch
     await chatlog.publish("room", b"new log", "n")
+    # a joined socket is closed with 1012: its seqs belong to the old log
+    try:
+        async with asyncio.timeout(15):
+            await ws.recv()
+        raise AssertionError("the socket of the old epoch stayed open")
+    except websockets.ConnectionClosed as exc:
+        assert exc.rcvd is not None and exc.rcvd.code == 1012
     wait_until(lambda: progress(a)["epoch"] == new_epoch != old_epoch, what="new epoch")
     wait_until(lambda: history(a) == [(1, "new log")], what="only the new log")
     page = get_json(a.url + "/messages?channel=room")
