@@ -12,6 +12,7 @@ from typing import IO
 
 import pytest
 
+from chat_cluster.local import Ports
 from chat_cluster.natsserver import port_free
 from tests.support import PYTHON, all_messages, get_json, http, nats_cli, status_of, wait_until
 
@@ -48,7 +49,9 @@ class Up:
             timeout=90,
             what="up to print its table",
         )
-        assert not self._dead(), "".join(self.lines)
+        if self._dead():
+            self.stop()  # closes our end of its output pipe
+            raise AssertionError("".join(self.lines))
 
     def _read(self, stream: IO[str] | None) -> None:
         assert stream is not None
@@ -86,11 +89,13 @@ class Up:
         return int(state["services"][name]["pid"])
 
 
-def free_base() -> int:
+def free_base(nodes: int = 3, nats_servers: int = 1) -> int:
+    """A --base-port whose every port (as `up` itself lays them out) is free now. Below
+    32768, so no port can be taken meanwhile as the source of an outgoing connection."""
     for _ in range(50):
-        base = random.randrange(20000, 60000, 1000)
-        ports = [base + i for i in (1, 2, 3, 100, 200, 220)]
-        if all(port_free(p) for p in ports):
+        base = random.randrange(10000, 32000, 1000)
+        ports = Ports.for_base(base, nodes, nats_servers).named()
+        if all(port_free(port) for _, port in ports):
             return base
     raise RuntimeError("no free port range")
 
@@ -179,9 +184,9 @@ def test_nats_cli_publish_reaches_every_node_and_the_archiver(up: Up) -> None:
 
 
 def test_three_nats_servers_with_an_r3_stream(tmp_path: Path) -> None:
-    cluster = Up(free_base(), tmp_path / "r3", "--nats-cluster", "3", "--nodes", "2")
-    cluster.start()
+    cluster = Up(free_base(2, 3), tmp_path / "r3", "--nats-cluster", "3", "--nodes", "2")
     try:
+        cluster.start()
         status, sent = http("POST", cluster.node(1) + "/messages", {"text": "replicated"})
         assert status == 201
         page = get_json(f"{cluster.node(2)}/messages?min_seq={sent['seq']}")
