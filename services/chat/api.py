@@ -35,6 +35,7 @@ def _progress(state: State, status: str) -> Progress:
         connected=follower.connected,
         skipped=sum(replica.skipped.values()),
         resets=follower.resets,
+        snapshot_seq=follower.snapshot_seq,
     )
 
 

@@ -12,6 +12,7 @@ from chat.api import ROUTES
 from chat.follower import Follower
 from chat.replica import Replica
 from chat.settings import NodeSettings
+from chat.snapshot import Saver
 from chat.writes import Writer
 from chat.ws import Hub
 from servicekit.http import EXCEPTION_HANDLERS
@@ -45,14 +46,27 @@ def create_app(settings: NodeSettings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         task = asyncio.create_task(follower.run(), name=f"follower {settings.node_id}")
         task.add_done_callback(_report_end)
+        saver = None
+        if settings.snapshot_every > 0 and settings.keep_per_channel is None:
+            saver = asyncio.create_task(
+                Saver(
+                    lambda: follower.chatlog,
+                    lambda: follower.ready,
+                    replica,
+                    settings.snapshot_every,
+                ).run(settings.snapshot_interval),
+                name="snapshot saver",
+            )
         log.info("node %s starting", settings.node_id)
         try:
             yield
         finally:
             await hub.drain(settings.grace)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for running in (task, saver):
+                if running is not None:
+                    running.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await running
             if follower.chatlog is not None:
                 await follower.chatlog.close()
             log.info("node %s stopped", settings.node_id)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 
+from chat import snapshot
 from chat.replica import Replica
 from chat.settings import NodeSettings
 from chatlog import ChatLog, LogError, LogUnavailable, Tail, TailBroken
@@ -29,6 +30,8 @@ class Follower:
         self.target = 0
         """The stream's last seq when the current epoch was bootstrapped: readiness."""
         self.resets = 0
+        self.snapshot_seq = 0
+        """The seq of the snapshot the current epoch started from; 0 for a full replay."""
         self._reconnected = False
 
     @property
@@ -111,9 +114,19 @@ class Follower:
         # stream with a new creation time is a new log that replaces everything we hold.
         info = await self.chatlog.ensure_stream()
         if info.epoch != self._replica.epoch:
+            # Fetched before the reset: reset and restore then happen with no await between
+            # them, so a WebSocket cannot join the new epoch half-way through the restore.
+            state = await snapshot.fetch(self.chatlog, info)
             self._replica.reset(info.epoch, info.max_text)
+            self.snapshot_seq = 0
+            if state is not None:
+                snapshot.restore(self._replica, state)
+                self.snapshot_seq = state.applied
             self.target = info.last_seq
-            log.info("bootstrapping epoch %s up to seq %d", info.epoch, info.last_seq)
+            log.info(
+                "bootstrapping epoch %s up to seq %d from seq %d",
+                info.epoch, info.last_seq, self._replica.applied + 1,
+            )  # fmt: skip
         self._reconnected = False
         async with self.chatlog.tail(self._replica.applied + 1, self._settings.heartbeat) as tail:
             await self._follow(tail)

@@ -48,7 +48,11 @@ class ChannelLog:
         self.total += 1
         if keep is not None and len(self.seqs) > keep + max(64, keep // 4):
             # Chunked, so the O(n) delete is paid once per keep/4 appends.
-            drop = len(self.seqs) - keep
+            self.trim(keep)
+
+    def trim(self, keep: int) -> None:
+        drop = len(self.seqs) - keep
+        if drop > 0:
             self.dropped_through = self.seqs[drop - 1]
             del self.seqs[:drop]
             del self.records[:drop]

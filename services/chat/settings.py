@@ -30,5 +30,9 @@ class NodeSettings:
     ws_close_timeout: float = 10.0
     keep_per_channel: int | None = None
     """Hold only the newest N records of each channel (older pages come from the log)."""
+    snapshot_every: int = 100_000
+    """Save a snapshot when the log has moved this many messages past the newest one (0: never).
+    Only nodes that hold everything save; every node loads the newest at bootstrap."""
+    snapshot_interval: float = 10.0
     grace: float = 10.0
     """Seconds a SIGTERM waits for WebSockets to close (1001) before the process exits."""

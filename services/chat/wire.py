@@ -30,6 +30,7 @@ class Progress(msgspec.Struct, frozen=True):
     connected: bool
     skipped: int
     resets: int
+    snapshot_seq: int
 
 
 # WebSocket, client to node: a tagged union on "op".

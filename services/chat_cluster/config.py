@@ -56,6 +56,13 @@ def _keep(raw: str) -> int | None:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if value <= 0:
@@ -123,6 +130,7 @@ def node_settings(args: argparse.Namespace) -> NodeSettings:
         grace=args.grace,
         ws_queue=args.ws_queue,
         keep_per_channel=args.keep_per_channel,
+        snapshot_every=args.snapshot_every,
     )
 
 
@@ -150,6 +158,13 @@ def add_node_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> N
         default=_env(env, "KEEP_PER_CHANNEL", None, _keep),
         help="hold only the newest N (>= 100) records per channel in memory; older pages "
         "are read from the log (env KEEP_PER_CHANNEL; default: hold everything)",
+    )
+    parser.add_argument(
+        "--snapshot-every",
+        type=_non_negative_int,
+        default=_env(env, "SNAPSHOT_EVERY", 100_000, _non_negative_int),
+        help="save a replica snapshot each time the log grows by N messages, so new nodes "
+        "replay only the tail; 0 never saves (env SNAPSHOT_EVERY)",
     )
     parser.add_argument(
         "--ws-queue",

@@ -16,6 +16,7 @@ from chatlog.errors import (
 )
 from chatlog.names import DEFAULT_CHANNEL, STREAM_NAME, check_channel, subject_for
 from chatlog.records import LogEntry, Record, Skip, take
+from chatlog.snapshots import SnapshotMeta
 from chatlog.stream import StreamSpec
 from chatlog.tail import Tail
 
@@ -32,6 +33,7 @@ __all__ = [
     "PubAck",
     "Record",
     "Skip",
+    "SnapshotMeta",
     "StreamConflict",
     "StreamSpec",
     "Tail",

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext, api
 from chatlog.errors import LogRejected, LogUnavailable
 from chatlog.names import STREAM_NAME, SUBJECTS, channel_of, subject_for
 from chatlog.records import LogEntry, Record, encode_record, take
+from chatlog.snapshots import SnapshotMeta, SnapshotStore
 from chatlog.stream import StreamSpec, max_text_of
 from chatlog.tail import Tail
 
@@ -81,6 +82,8 @@ class ChatLog:
         self._spec = spec
         self._timeout = timeout
         self._api_timeout = api_timeout
+        # Snapshot bodies are large: their chunk publishes get the publish timeout.
+        self._snapshots = SnapshotStore(nc.jetstream(timeout=timeout), spec.replicas)
 
     @classmethod
     async def connect(
@@ -217,6 +220,18 @@ class ChatLog:
                 await self._js.delete_stream(STREAM_NAME)
             except nats.js.errors.NotFoundError:
                 pass
+
+    async def snapshot_meta(self) -> SnapshotMeta | None:
+        async with self._boundary("snapshot info"):
+            return await self._snapshots.meta()
+
+    async def load_snapshot(self) -> tuple[SnapshotMeta, bytes] | None:
+        async with self._boundary("snapshot load"):
+            return await self._snapshots.load()
+
+    async def save_snapshot(self, meta: SnapshotMeta, body: bytes) -> None:
+        async with self._boundary("snapshot save"):
+            await self._snapshots.save(meta, body)
 
     def tail(self, from_seq: int, heartbeat: float) -> Tail:
         return Tail(self._nc, self._js, from_seq, heartbeat, self._api_timeout)

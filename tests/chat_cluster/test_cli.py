@@ -62,6 +62,8 @@ def test_bad_env_values_are_named() -> None:
     assert out.returncode == 2 and "PORT='eighty'" in out.stderr
     out = cli("node", env={"KEEP_PER_CHANNEL": "50"})
     assert out.returncode == 2 and "KEEP_PER_CHANNEL='50'" in out.stderr and ">= 100" in out.stderr
+    out = cli("node", env={"SNAPSHOT_EVERY": "-1"})
+    assert out.returncode == 2 and "SNAPSHOT_EVERY='-1'" in out.stderr and ">= 0" in out.stderr
     out = cli("node", "--nats-url", "http://127.0.0.1:4222")
     assert out.returncode == 2 and "must start with nats://" in out.stderr
 
