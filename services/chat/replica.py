@@ -14,7 +14,7 @@ from typing import Protocol
 
 from chat.wire import message_frame
 from chatlog import LogEntry, Record, take
-from chatlog.records import encode_record
+from chatlog.records import channel_json, compact_record, expand_record
 
 log = logging.getLogger("chat.replica")
 
@@ -28,23 +28,31 @@ class Listener(Protocol):
 
 
 class ChannelLog:
-    """One channel's newest records, ascending by seq, kept as their encoded JSON.
+    """One channel's newest records, ascending by seq, compact.
+
+    A record is held as three parts: its seq and stored_at (microseconds) in arrays,
+    and the JSON of its other fields; a read puts them back together into exactly the
+    record's encoding. That costs about a microsecond per record read and saves about
+    a third of the memory of holding every record's whole JSON.
 
     With a bound, the oldest records are dropped in chunks; ``dropped_through`` is the
     highest seq no longer held, and readers fetch anything at or below it from the log.
     """
 
-    __slots__ = ("dropped_through", "records", "seqs", "total")
+    __slots__ = ("dropped_through", "fields", "json_name", "seqs", "stored_us", "total")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.json_name = channel_json(name)
         self.seqs = array("q")
-        self.records: list[str] = []
+        self.stored_us = array("q")
+        self.fields: list[bytes] = []
         self.dropped_through = 0
         self.total = 0
 
-    def append(self, seq: int, record_json: str, keep: int | None) -> None:
+    def append(self, seq: int, fields: bytes, stored_us: int, keep: int | None) -> None:
         self.seqs.append(seq)
-        self.records.append(record_json)
+        self.stored_us.append(stored_us)
+        self.fields.append(fields)
         self.total += 1
         if keep is not None and len(self.seqs) > keep + max(64, keep // 4):
             # Chunked, so the O(n) delete is paid once per keep/4 appends.
@@ -55,12 +63,18 @@ class ChannelLog:
         if drop > 0:
             self.dropped_through = self.seqs[drop - 1]
             del self.seqs[:drop]
-            del self.records[:drop]
+            del self.stored_us[:drop]
+            del self.fields[:drop]
+
+    def record_json(self, index: int) -> str:
+        return expand_record(
+            self.seqs[index], self.json_name, self.fields[index], self.stored_us[index]
+        )
 
     def after(self, after: int, limit: int) -> list[tuple[int, str]]:
         start = bisect_right(self.seqs, after)
-        stop = start + limit
-        return list(zip(self.seqs[start:stop], self.records[start:stop], strict=True))
+        stop = min(start + limit, len(self.seqs))
+        return [(self.seqs[i], self.record_json(i)) for i in range(start, stop)]
 
     def seq_before_last(self, n: int) -> int:
         """The seq to read ``after`` so that the last ``n`` records follow."""
@@ -113,14 +127,14 @@ class Replica:
                 log.warning("skipped seq %d (%s): %s", taken.seq, taken.reason, taken.detail)
                 continue
             self.applied_total += 1
-            record_json = encode_record(taken).decode()
+            fields, stored_us = compact_record(taken)
             channel = self.channels.get(taken.channel)
             if channel is None:
-                channel = self.channels[taken.channel] = ChannelLog()
-            channel.append(taken.seq, record_json, self.keep)
+                channel = self.channels[taken.channel] = ChannelLog(taken.channel)
+            channel.append(taken.seq, fields, stored_us, self.keep)
             listeners = self._listeners.get(taken.channel)
             if listeners:
-                frame = message_frame(record_json)
+                frame = message_frame(channel.record_json(-1))
                 for listener in tuple(listeners):
                     listener.push(taken.channel, taken.seq, frame)
         if entries:

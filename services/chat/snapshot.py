@@ -23,7 +23,7 @@ from chatlog import ChatLog, LogError, LogInfo, SnapshotMeta
 
 log = logging.getLogger("chat.snapshot")
 
-FORMAT = 1
+FORMAT = 2
 """Bump when the state's shape or the meaning of a record changes."""
 
 
@@ -31,9 +31,11 @@ class ChannelState(msgspec.Struct, array_like=True, gc=False):
     name: str
     seqs: bytes
     """int64 little-endian, ascending."""
-    records: bytes
-    """The records' JSON joined by RS (0x1e), which JSON output never contains raw: one
-    split on load instead of a million string decodes."""
+    stored_us: bytes
+    """int64 little-endian, one per seq."""
+    fields: bytes
+    """Each record's compact fields joined by RS (0x1e), which JSON output never contains
+    raw: one split on load instead of a million decodes."""
     dropped_through: int
     total: int
 
@@ -47,7 +49,7 @@ class ReplicaState(msgspec.Struct, array_like=True):
     channels: list[ChannelState]
 
 
-_RS = "\x1e"
+_RS = b"\x1e"
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ReplicaState)
 
@@ -57,6 +59,12 @@ def _le(seqs: "array[int]") -> "array[int]":
         seqs = array("q", seqs)
         seqs.byteswap()
     return seqs
+
+
+def _int64s(raw: bytes) -> "array[int]":
+    values = array("q")
+    values.frombytes(raw)
+    return _le(values)
 
 
 def capture(replica: Replica) -> tuple[SnapshotMeta, bytes]:
@@ -72,7 +80,8 @@ def capture(replica: Replica) -> tuple[SnapshotMeta, bytes]:
             ChannelState(
                 name=name,
                 seqs=_le(channel.seqs).tobytes(),
-                records=_RS.join(channel.records).encode(),
+                stored_us=_le(channel.stored_us).tobytes(),
+                fields=_RS.join(channel.fields),
                 dropped_through=channel.dropped_through,
                 total=channel.total,
             )
@@ -106,11 +115,10 @@ def restore(replica: Replica, state: ReplicaState) -> None:
     replica.applied_total = state.applied_total
     replica.skipped.update(state.skipped)
     for channel_state in state.channels:
-        seqs = array("q")
-        seqs.frombytes(channel_state.seqs)
-        channel = ChannelLog()
-        channel.seqs = _le(seqs)
-        channel.records = channel_state.records.decode().split(_RS) if channel_state.records else []
+        channel = ChannelLog(channel_state.name)
+        channel.seqs = _int64s(channel_state.seqs)
+        channel.stored_us = _int64s(channel_state.stored_us)
+        channel.fields = channel_state.fields.split(_RS) if channel_state.fields else []
         channel.dropped_through = channel_state.dropped_through
         channel.total = channel_state.total
         if replica.keep is not None:

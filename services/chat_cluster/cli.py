@@ -1,4 +1,4 @@
-"""``chat-cluster``: up, node, archiver, send, tail, nats-server."""
+"""``chat-cluster``: up, node, archiver, ensure-stream, send, tail, nats-server."""
 
 import argparse
 import asyncio
@@ -36,6 +36,14 @@ def _parser() -> argparse.ArgumentParser:
 
     archiver = sub.add_parser("archiver", help="run the archiver")
     config.add_service_flags(archiver, env, 8100)
+
+    ensure = sub.add_parser(
+        "ensure-stream",
+        help="create the CHAT stream (or check the existing one) and print it; retries "
+        "until NATS and JetStream answer or --timeout passes",
+    )
+    config.add_stream_flags(ensure, env)
+    ensure.add_argument("--timeout", type=float, default=120.0, help="seconds (default 120)")
 
     send = sub.add_parser("send", help="send a message through a chat node")
     send.add_argument("text")
@@ -80,6 +88,12 @@ def _run(args: argparse.Namespace) -> int:
 
         ports = Ports.for_base(args.base_port, args.nodes, args.nats_cluster)
         return LocalCluster(ports, args.data_dir).run()
+    if args.command == "ensure-stream":
+        return asyncio.run(
+            client.ensure_stream(
+                config.nats_urls(args.nats_url), config.stream_spec(args), args.timeout
+            )
+        )
     if args.command == "send":
         return asyncio.run(client.send(args.node, args.channel, args.text, args.user, args.id))
     if args.command == "tail":

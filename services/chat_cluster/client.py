@@ -8,6 +8,8 @@ import urllib.request
 
 import websockets
 
+from chatlog import ChatLog, LogError, LogUnavailable, StreamSpec
+
 
 def _post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
     request = urllib.request.Request(
@@ -68,3 +70,33 @@ async def tail(node: str, channel: str, after: int | None, count: int | None, ra
         print(f"chat-cluster tail: {url}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def ensure_stream(urls: tuple[str, ...], spec: StreamSpec, timeout: float) -> int:
+    """Create or check the stream, retrying while NATS or JetStream is not up yet (a fresh
+    cluster elects its meta leader after all servers start). A conflict fails at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            chatlog = await ChatLog.connect(
+                list(urls), name="chat-cluster ensure-stream", spec=spec
+            )
+            try:
+                info = await chatlog.ensure_stream()
+            finally:
+                await chatlog.close()
+            print(json.dumps(info.__dict__))
+            return 0
+        except LogUnavailable as exc:
+            failure: LogError = exc
+        except LogError as exc:
+            if "no suitable peers" not in exc.detail and "insufficient resources" not in exc.detail:
+                print(f"chat-cluster: {exc}", file=sys.stderr)
+                return 1
+            failure = exc
+        if loop.time() >= deadline:
+            print(f"chat-cluster: gave up after {timeout}s: {failure}", file=sys.stderr)
+            return 1
+        print(f"waiting for JetStream: {failure}", file=sys.stderr)
+        await asyncio.sleep(1)

@@ -72,14 +72,20 @@ def _positive_float(raw: str) -> float:
 
 def add_service_flags(parser: argparse.ArgumentParser, env: Mapping[str, str], port: int) -> None:
     """Flags shared by ``node`` and ``archiver``, defaulting to their environment variables."""
+    parser.add_argument("--host", default=env.get("HOST") or "127.0.0.1", help="env HOST")
+    parser.add_argument(
+        "--port", type=_port, default=_env(env, "PORT", port, _port), help="env PORT"
+    )
+    add_stream_flags(parser, env)
+    parser.add_argument("--log-level", default=env.get("LOG_LEVEL") or "INFO", help="env LOG_LEVEL")
+
+
+def add_stream_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Where NATS is, and the stream to create if it does not exist."""
     parser.add_argument(
         "--nats-url",
         default=env.get("NATS_URL") or DEFAULT_NATS_URL,
         help="NATS server URL, or a comma-separated list of them (env NATS_URL)",
-    )
-    parser.add_argument("--host", default=env.get("HOST") or "127.0.0.1", help="env HOST")
-    parser.add_argument(
-        "--port", type=_port, default=_env(env, "PORT", port, _port), help="env PORT"
     )
     parser.add_argument(
         "--stream-replicas",
@@ -99,7 +105,6 @@ def add_service_flags(parser: argparse.ArgumentParser, env: Mapping[str, str], p
         default=_env(env, "DUPLICATE_WINDOW", 120.0, _positive_float),
         help="seconds in which a repeated message id is a duplicate (env DUPLICATE_WINDOW)",
     )
-    parser.add_argument("--log-level", default=env.get("LOG_LEVEL") or "INFO", help="env LOG_LEVEL")
 
 
 def nats_urls(raw: str) -> tuple[str, ...]:

@@ -74,6 +74,33 @@ def encode_record(record: Record) -> bytes:
     return _encoder.encode(record)
 
 
+class _Fields(msgspec.Struct, frozen=True, gc=False):
+    """The fields of a :class:`Record` between ``channel`` and ``stored_at``, in its order."""
+
+    id: str
+    user: str
+    text: str
+    sent_at: datetime | None
+
+
+def compact_record(record: Record) -> tuple[bytes, int]:
+    """The record without what a replica holds elsewhere (seq, channel, stored_at): the
+    JSON of its other fields without braces, and stored_at in microseconds.
+    :func:`expand_record` gives back exactly ``encode_record(record)``."""
+    fields = _Fields(record.id, record.user, record.text, record.sent_at)
+    stored_us = (record.stored_at - _EPOCH) // timedelta(microseconds=1)
+    return _encoder.encode(fields)[1:-1], stored_us
+
+
+def channel_json(channel: str) -> str:
+    return _encoder.encode(channel).decode()
+
+
+def expand_record(seq: int, channel_json: str, fields: bytes, stored_us: int) -> str:
+    stored_at = _encoder.encode(_EPOCH + timedelta(microseconds=stored_us)).decode()
+    return f'{{"seq":{seq},"channel":{channel_json},{fields.decode()},"stored_at":{stored_at}}}'
+
+
 def timestamp_from_ns(ns: int) -> datetime:
     # Microsecond precision, truncated: the same value whether the time came from
     # a consumer's ack subject (integer ns) or a direct get's RFC 3339 header.

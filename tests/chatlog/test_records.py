@@ -1,9 +1,20 @@
 """The payload rule, the one function every replica runs on every stored message."""
 
+from datetime import UTC, datetime
+
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from chatlog import InvalidInput, LogEntry, Record, Skip, check_channel, take
+from chatlog.records import (
+    channel_json,
+    compact_record,
+    encode_record,
+    expand_record,
+    timestamp_from_ns,
+)
 
 NS = 1_795_840_002_914_892_789
 
@@ -83,3 +94,29 @@ def test_bad_channel_names_are_refused(name: str) -> None:
 @pytest.mark.parametrize("name", ["a", "default-channel", "A_b-9", "x" * 64])
 def test_good_channel_names_pass(name: str) -> None:
     assert check_channel(name) == name
+
+
+@given(
+    seq=st.integers(min_value=1, max_value=2**53),
+    channel=st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True),
+    ident=st.text(min_size=1, max_size=40),
+    user=st.text(min_size=1, max_size=20),
+    text=st.text(min_size=1, max_size=300),
+    sent_at=st.none() | st.datetimes(timezones=st.just(UTC)),
+    stored_ns=st.integers(min_value=0, max_value=4_000_000_000 * 10**9),
+)
+def test_a_compact_record_expands_to_exactly_its_encoding(
+    seq: int,
+    channel: str,
+    ident: str,
+    user: str,
+    text: str,
+    sent_at: datetime | None,
+    stored_ns: int,
+) -> None:
+    record = Record(seq, channel, ident, user, text, sent_at, timestamp_from_ns(stored_ns))
+    fields, stored_us = compact_record(record)
+    assert b"\x1e" not in fields  # the snapshot's separator never occurs raw
+    assert expand_record(seq, channel_json(channel), fields, stored_us) == (
+        encode_record(record).decode()
+    )
