@@ -17,6 +17,8 @@ nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).parent
 TOOLS = ROOT / ".tools" / "bin"
 NATSCLI = "github.com/nats-io/natscli/nats@v0.5.0"
+HELM = "helm.sh/helm/v3/cmd/helm@v3.22.0"
+SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "deploy" / "k3d").glob("*.sh"))
 
 
 def install(session: nox.Session, lock: str) -> None:
@@ -33,6 +35,33 @@ def build_natscli(session: nox.Session) -> None:
         return
     TOOLS.mkdir(parents=True, exist_ok=True)
     session.run("go", "install", NATSCLI, env={"GOBIN": str(TOOLS)}, external=True)
+
+
+def build_helm(session: nox.Session) -> Path:
+    """Helm from its official Go module at a pinned version (Go is required here)."""
+    helm = TOOLS / "helm"
+    if not helm.exists():
+        if shutil.which("go") is None:
+            session.error("`nox -s chart` needs Go to build helm (" + HELM + ")")
+        TOOLS.mkdir(parents=True, exist_ok=True)
+        session.run(
+            "go", "install", HELM, env={"GOBIN": str(TOOLS), "CGO_ENABLED": "0"}, external=True
+        )
+    return helm
+
+
+def ensure_shellcheck(session: nox.Session) -> str:
+    """shellcheck from Debian's package, installed when missing (CI runs as root)."""
+    found = shutil.which("shellcheck")
+    if found is None:
+        if shutil.which("apt-get") is None:
+            session.error("shellcheck is not installed and apt-get is not available")
+        apt = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-qq", env=apt, external=True)
+        session.run("apt-get", "install", "-y", "-qq", "shellcheck", env=apt, external=True)
+        found = shutil.which("shellcheck")
+    assert found is not None
+    return found
 
 
 @nox.session
@@ -62,6 +91,24 @@ def bench(session: nox.Session) -> None:
     """The benchmark suite (at most ~10 minutes); writes bench/results/latest.{json,md}."""
     install(session, "dev.lock")
     session.run("python", "-m", "bench.run", *session.posargs)
+
+
+@nox.session
+def chart(session: nox.Session) -> None:
+    """The Helm chart: helm lint --strict, render + schema checks + agreement with the code
+    (tests/deploy), a rolling update of real processes started as the chart starts them,
+    and shellcheck on the k3d scripts. No cluster needed."""
+    install(session, "dev.lock")
+    helm = str(build_helm(session))
+    chart_dir = "deploy/helm/chat-cluster"
+    for values in (
+        [],
+        ["-f", f"{chart_dir}/ci/all-options.yaml"],
+        ["-f", f"{chart_dir}/ci/minimal.yaml"],
+    ):
+        session.run(helm, "lint", "--strict", chart_dir, *values, external=True)
+    session.run("pytest", "tests/deploy", "-m", "chart", *session.posargs, env={"HELM": helm})
+    session.run(ensure_shellcheck(session), "--severity=style", *SCRIPTS, external=True)
 
 
 @nox.session

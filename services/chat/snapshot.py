@@ -116,13 +116,21 @@ def restore(replica: Replica, state: ReplicaState) -> None:
     replica.skipped.update(state.skipped)
     for channel_state in state.channels:
         channel = ChannelLog(channel_state.name)
-        channel.seqs = _int64s(channel_state.seqs)
-        channel.stored_us = _int64s(channel_state.stored_us)
-        channel.fields = channel_state.fields.split(_RS) if channel_state.fields else []
+        seqs = _int64s(channel_state.seqs)
+        stored_us = _int64s(channel_state.stored_us)
+        blob = channel_state.fields
         channel.dropped_through = channel_state.dropped_through
+        keep = replica.keep
+        if keep is not None and len(seqs) > keep:
+            # Split off only what is kept: a million small objects created and freed
+            # again would leave the process's heap that much bigger for good.
+            channel.dropped_through = seqs[-keep - 1]
+            seqs, stored_us = seqs[-keep:], stored_us[-keep:]
+            channel.fields = blob.rsplit(_RS, keep)[1:]
+        else:
+            channel.fields = blob.split(_RS) if blob else []
+        channel.seqs, channel.stored_us = seqs, stored_us
         channel.total = channel_state.total
-        if replica.keep is not None:
-            channel.trim(replica.keep)
         replica.channels[channel_state.name] = channel
 
 

@@ -95,6 +95,8 @@ async def test_snapshot_then_tail_equals_full_replay(nats: NatsServer, chatlog: 
             held = bounded._replica.channels["c1"]
             assert 0 < len(held.seqs) <= 125 and held.dropped_through > 0
             assert list(held.seqs) == list(full._replica.channels["c1"].seqs[-len(held.seqs) :])
+            after = held.dropped_through
+            assert bounded._replica.read("c1", after, 1000) == full._replica.read("c1", after, 1000)
             assert not await (await saver_for(bounded)).maybe_save()  # bounded nodes never save
 
 

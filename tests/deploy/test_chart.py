@@ -1,0 +1,216 @@
+"""The Helm chart, rendered by the real helm: every manifest is valid Kubernetes, and the
+chart agrees with the code (env var names, values the services accept, ports, probe paths,
+commands, NATS addresses). Runs in ``nox -s chart``, which builds helm."""
+
+import argparse
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from archiver.app import create_app as create_archiver
+from chat.app import create_app as create_node
+from chat_cluster import cli, config
+from tests.deploy.chart import (
+    NAMESPACE,
+    RELEASE,
+    VALUES,
+    Manifest,
+    container,
+    env_of,
+    one,
+    port_named,
+    render,
+)
+from tests.support import ROOT
+
+pytestmark = pytest.mark.chart
+
+KUBERNETES = ("1.27.0", "1.37.0")
+"""The oldest version Chart.yaml admits, and the newest kubernetes-validate knows."""
+
+
+@pytest.fixture(scope="module", params=sorted(VALUES))
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[Manifest]]:
+    return request.param, render(VALUES[request.param])
+
+
+class Recording(dict[str, str]):
+    """An environment that remembers every variable the code asked for."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def names_read(add_flags: Any, *extra: Any) -> set[str]:
+    env = Recording({})
+    add_flags(argparse.ArgumentParser(), env, *extra)
+    return env.asked
+
+
+def parse(command: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Parse a container's command with the real CLI parser and that container's env."""
+    assert command[0] == "chat-cluster"
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "chat-cluster" in scripts  # the console script the image puts on PATH
+    with monkeypatch.context() as patch:
+        for name in list(config.environ()):
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        return cli._parser().parse_args(command[1:])
+
+
+def test_every_manifest_is_valid_kubernetes(rendered: tuple[str, list[Manifest]]) -> None:
+    name, manifests = rendered
+    kinds = {m["kind"] for m in manifests}
+    assert {"Deployment", "StatefulSet", "Service", "ConfigMap", "PodDisruptionBudget"} <= kinds
+    for manifest in manifests:
+        if manifest["apiVersion"].startswith("traefik.io/"):
+            # A Traefik CRD: not in the Kubernetes schemas; check the one field we use.
+            assert manifest["kind"] == "Middleware"
+            prefixes = manifest["spec"]["stripPrefix"]["prefixes"]
+            assert prefixes and all(p.startswith("/") for p in prefixes)
+            continue
+        for version in KUBERNETES:
+            try:
+                kubernetes_validate.validate(manifest, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{name}: {manifest['kind']}/{manifest['metadata']['name']}: {exc}")
+
+
+def test_chat_nodes_get_only_settings_the_node_reads(
+    rendered: tuple[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, manifests = rendered
+    deployment = one(manifests, "Deployment", f"{RELEASE}-chat")
+    chat = container(deployment)
+    env = env_of(chat)
+    assert set(env) <= names_read(config.add_node_flags), name
+    assert {"NATS_URL", "NODE_ID", "PORT", "HOST", "STREAM_REPLICAS"} <= set(env)
+
+    args = parse(chat["command"], env, monkeypatch)
+    assert args.command == "node"
+    settings = config.node_settings(args)  # every value the chart sets is accepted
+    assert settings.node_id == "rel-chat-0"
+    assert settings.port == port_named(chat, "http")
+    assert settings.stream.replicas == 3
+    assert "KEEP_PER_CHANNEL" in env and (settings.keep_per_channel is None) == (
+        env["KEEP_PER_CHANNEL"] == "0"
+    )
+
+    # the probes ask for paths the node serves, on the port it listens on
+    served = {route.path for route in create_node(settings).routes}
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert chat[probe]["httpGet"] == {"path": path, "port": "http"}
+        assert path in served
+
+    # a rollout never drops below the replicas, and SIGTERM gets its grace period
+    spec = deployment["spec"]
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pre_stop = chat["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] > settings.grace + int(
+        pre_stop[1]
+    )
+
+
+def test_archiver_and_job_get_only_settings_they_read(
+    rendered: tuple[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, manifests = rendered
+    archiver = container(one(manifests, "Deployment", f"{RELEASE}-archiver"))
+    env = env_of(archiver)
+    assert set(env) <= names_read(config.add_service_flags, 8100), name
+    args = parse(archiver["command"], env, monkeypatch)
+    settings = config.archiver_settings(args)
+    assert settings.port == port_named(archiver, "http")
+    served = {route.path for route in create_archiver(settings).routes}
+    assert archiver["readinessProbe"]["httpGet"]["path"] in served
+    assert archiver["livenessProbe"]["httpGet"]["path"] in served
+
+    jobs = [m for m in manifests if m["kind"] == "Job"]
+    if name == "minimal":
+        assert not jobs
+        return
+    job = container(jobs[0])
+    job_env = env_of(job)
+    assert set(job_env) <= names_read(config.add_stream_flags)
+    args = parse(job["command"], job_env, monkeypatch)
+    assert args.command == "ensure-stream"
+    assert config.stream_spec(args).replicas == int(job_env["STREAM_REPLICAS"])
+
+
+def test_services_reach_nats_where_the_chart_runs_it(
+    rendered: tuple[str, list[Manifest]],
+) -> None:
+    name, manifests = rendered
+    nats = one(manifests, "StatefulSet", f"{RELEASE}-nats")
+    replicas = nats["spec"]["replicas"]
+    headless = one(manifests, "Service", nats["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    server = container(nats)
+    client_port = port_named(server, "client")
+    expected = [
+        f"nats://{RELEASE}-nats-{i}.{headless['metadata']['name']}.{NAMESPACE}.svc:{client_port}"
+        for i in range(replicas)
+    ]
+    for kind, workload in (("Deployment", "chat"), ("Deployment", "archiver")):
+        env = env_of(container(one(manifests, kind, f"{RELEASE}-{workload}")))
+        assert config.nats_urls(env["NATS_URL"]) == tuple(expected), (name, workload)
+        # The stream needs a quorum of its replicas among the servers the chart runs.
+        assert int(env["STREAM_REPLICAS"]) <= replicas
+
+    conf = one(manifests, "ConfigMap", f"{RELEASE}-nats-config")["data"]["nats.conf"]
+    assert re.search(r"^\s*sync_interval: always$", conf, re.M), "acks must mean fsynced"
+    routes = re.findall(r"nats://(\S+):(\d+)", conf)
+    cluster_port = port_named(server, "cluster")
+    assert sorted(routes) == sorted(
+        (f"{RELEASE}-nats-{i}.{headless['metadata']['name']}.{NAMESPACE}.svc", str(cluster_port))
+        for i in range(replicas)
+    )
+    mounts = {m["name"]: m["mountPath"] for m in server["volumeMounts"]}
+    assert re.search(rf"store_dir: {re.escape(mounts['data'])}$", conf, re.M)
+    pid_file = re.search(r"pid_file: (\S+)", conf)
+    assert pid_file and Path(pid_file[1]).parent == Path(mounts["pid"])
+    assert server["lifecycle"]["preStop"]["exec"]["command"] == [
+        "nats-server",
+        "--signal",
+        f"ldm={pid_file[1]}",
+    ]
+    assert f"http_port: {port_named(server, 'monitor')}" in conf
+    assert f"port: {client_port}" in conf
+
+
+def test_ingress_routes_to_services_that_exist(rendered: tuple[str, list[Manifest]]) -> None:
+    name, manifests = rendered
+    ingresses = [m for m in manifests if m["kind"] == "Ingress"]
+    if name == "minimal":
+        assert not ingresses
+        return
+    services = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "Service"}
+    middlewares = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "Middleware"}
+    paths = set()
+    for ingress in ingresses:
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                port_names = {p["name"] for p in services[backend["name"]]["spec"]["ports"]}
+                assert backend["port"]["name"] in port_names
+                paths.add(path["path"])
+                # the middleware named in the annotation exists and strips this prefix
+                ref = ingress["metadata"]["annotations"][
+                    "traefik.ingress.kubernetes.io/router.middlewares"
+                ]
+                namespace_and_name = ref.removesuffix("@kubernetescrd")
+                middleware = namespace_and_name.removeprefix(f"{NAMESPACE}-")
+                assert middlewares[middleware]["spec"]["stripPrefix"]["prefixes"] == [path["path"]]
+    assert paths == {"/chat", "/archiver"}
