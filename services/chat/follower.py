@@ -122,6 +122,8 @@ class Follower:
             if state is not None:
                 snapshot.restore(self._replica, state)
                 self.snapshot_seq = state.applied
+                del state  # the decoded blobs: hundreds of MB on a long log
+                snapshot.give_back_memory()
             self.target = info.last_seq
             log.info(
                 "bootstrapping epoch %s up to seq %d from seq %d",

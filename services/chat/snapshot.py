@@ -9,6 +9,8 @@ seq beyond the stream, an unreadable body) means "replay from the log".
 """
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import random
 import sys
@@ -50,6 +52,21 @@ class ReplicaState(msgspec.Struct, array_like=True):
 
 
 _RS = b"\x1e"
+_libc_name = ctypes.util.find_library("c")
+_libc = ctypes.CDLL(_libc_name) if _libc_name else None
+
+
+def give_back_memory() -> None:
+    """Return freed heap memory to the OS (glibc only; elsewhere a no-op).
+
+    Loading or saving a snapshot allocates and frees hundreds of MB in large blocks
+    (chunks, the inflated body, the decoded blobs). glibc keeps such freed memory in
+    the process; measured on 1,000,000 records, RSS stayed ~260 MB above the live data
+    after a load (~330 MB for a bounded node that keeps almost none of it) until this.
+    """
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ReplicaState)
 
@@ -219,10 +236,13 @@ class Saver:
         meta, body = capture(replica)
         encoded = time.monotonic()
         await chatlog.save_snapshot(meta, body)
+        size = len(body)
+        del body
+        give_back_memory()
         self._newest = (meta.epoch, meta.seq)
         self.saved += 1
         log.info(
             "saved snapshot of seq %d (%d bytes; encode %.2fs, compress and upload %.2fs)",
-            meta.seq, len(body), encoded - started, time.monotonic() - encoded,
+            meta.seq, size, encoded - started, time.monotonic() - encoded,
         )  # fmt: skip
         return True

@@ -4,6 +4,7 @@ commands, NATS addresses). Runs in ``nox -s chart``, which builds helm."""
 
 import argparse
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,20 @@ def test_ingress_routes_to_services_that_exist(rendered: tuple[str, list[Manifes
                 middleware = namespace_and_name.removeprefix(f"{NAMESPACE}-")
                 assert middlewares[middleware]["spec"]["stripPrefix"]["prefixes"] == [path["path"]]
     assert paths == {"/chat", "/archiver"}
+
+
+def test_the_real_nats_server_accepts_the_rendered_config(
+    rendered: tuple[str, list[Manifest]], nats_bin: Path, tmp_path: Path
+) -> None:
+    name, manifests = rendered
+    conf = tmp_path / "nats.conf"
+    conf.write_text(one(manifests, "ConfigMap", f"{RELEASE}-nats-config")["data"]["nats.conf"])
+    out = subprocess.run(
+        [str(nats_bin), "-c", str(conf), "-t"],
+        env={"SERVER_NAME": f"{RELEASE}-nats-0"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, (name, out.stderr)
+    assert "is valid" in out.stderr + out.stdout
