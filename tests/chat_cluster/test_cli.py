@@ -1,12 +1,13 @@
 """The ``chat-cluster`` command's own behaviour: the binary resolver, config errors, ports."""
 
+import json
 import os
 import socket
 import stat
 import subprocess
 from pathlib import Path
 
-from chat_cluster.natsserver import MIN_VERSION, ServerConfig
+from chat_cluster.natsserver import MIN_VERSION, NatsServer, ServerConfig
 from tests.support import PYTHON
 
 
@@ -89,3 +90,26 @@ def test_server_config_fsyncs_every_write(tmp_path: Path) -> None:
 def test_send_reports_errors_from_the_node() -> None:
     out = cli("send", "--node", "http://127.0.0.1:9", "hello")
     assert out.returncode == 1 and "cannot reach" in out.stderr
+
+
+def test_ensure_stream_creates_checks_and_names_a_conflict(nats: NatsServer) -> None:
+    env = {"NATS_URL": nats.config.url, "STREAM_REPLICAS": "1", "MAX_TEXT_BYTES": "4096"}
+    out = cli("ensure-stream", env=env)
+    assert out.returncode == 0, out.stderr
+    created = json.loads(out.stdout)
+    assert created["replicas"] == 1 and created["max_text"] == 4096 and created["last_seq"] == 0
+
+    again = cli("ensure-stream", env=env)  # idempotent: the same stream, the same epoch
+    assert again.returncode == 0 and json.loads(again.stdout)["epoch"] == created["epoch"]
+
+    conflict = cli("ensure-stream", env={**env, "MAX_TEXT_BYTES": "100"})
+    assert conflict.returncode == 1
+    assert "chat_cluster.max_text" in conflict.stderr and "'4096'" in conflict.stderr
+
+
+def test_ensure_stream_gives_up_after_its_timeout() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    out = cli("ensure-stream", "--nats-url", f"nats://127.0.0.1:{port}", "--timeout", "1")
+    assert out.returncode == 1 and "gave up after 1.0s" in out.stderr

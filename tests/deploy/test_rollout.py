@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -39,8 +40,10 @@ class ChartNode(Service):
         self.env = {**env, "HOST": "127.0.0.1", "PORT": str(port), "NODE_ID": name}
 
     def start(self) -> None:
-        program = shutil.which(self.command[0])
-        assert program, f"{self.command[0]} is not on PATH (pip install -e .)"
+        # The console script of the environment running the tests, as the image's PATH has it.
+        beside = Path(sys.executable).with_name(self.command[0])
+        program = str(beside) if beside.exists() else shutil.which(self.command[0])
+        assert program, f"{self.command[0]} is not installed (pip install -e .)"
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [program, *self.command[1:]],
@@ -111,19 +114,26 @@ async def test_rolling_update_as_the_chart_does_it(nats_bin: Path, tmp_path: Pat
         def serving() -> list[str]:
             return [n.url for n in nodes if n.proc is not None and n.proc.poll() is None]
 
-        load = Load(serving, cluster.nats_urls, per_worker=150, interval=0.02)
+        # Bounded by count and time; stopped once the rollout is over.
+        load = Load(serving, cluster.nats_urls, per_worker=5000, interval=0.02, deadline=90)
         load.start()
         reader = asyncio.create_task(resumer.run(nodes))
-        await asyncio.to_thread(
-            wait_until, lambda: sum(a.seq is not None for a in load.attempts.values()) >= 40
-        )
+        def acked() -> int:
+            return sum(a.seq is not None for a in load.attempts.values())
+
+        await asyncio.to_thread(wait_until, lambda: acked() >= 40)
+        roll_started = time.monotonic()
         for i, old in enumerate(list(nodes)):
             await asyncio.to_thread(start, f"{RELEASE}-chat-new-{i}")  # surge, then ready
             grace = float(env["GRACE_SECONDS"]) + 5
             await asyncio.to_thread(old.stop, grace)  # SIGTERM: drain, close with 1001
             nodes.remove(old)
         rolled_at = time.monotonic()
-        await load.wait()
+        during = sum(roll_started <= a.acked_at <= rolled_at for a in load.attempts.values())
+        target = acked() + 40
+        await asyncio.to_thread(wait_until, lambda: acked() >= target)
+        await load.stop()
+        assert during > 0  # the rollout really happened under load
 
         last = max(a.seq for a in load.attempts.values() if a.seq is not None)
         report = await asyncio.to_thread(
