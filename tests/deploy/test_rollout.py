@@ -118,6 +118,7 @@ async def test_rolling_update_as_the_chart_does_it(nats_bin: Path, tmp_path: Pat
         load = Load(serving, cluster.nats_urls, per_worker=5000, interval=0.02, deadline=90)
         load.start()
         reader = asyncio.create_task(resumer.run(nodes))
+
         def acked() -> int:
             return sum(a.seq is not None for a in load.attempts.values())
 
