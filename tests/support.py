@@ -1,5 +1,6 @@
 """Helpers shared by the tests: waiting on conditions, real processes, HTTP over sockets."""
 
+import asyncio
 import json
 import os
 import shutil
@@ -26,6 +27,16 @@ def wait_until(check: Callable[[], T], timeout: float = 15.0, what: str = "condi
             return last
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def until(check: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
+    """``wait_until`` for async tests: polls without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or 'condition'}")
+        await asyncio.sleep(0.02)
 
 
 def http(method: str, url: str, body: object | None = None, timeout: float = 10) -> tuple[int, Any]:

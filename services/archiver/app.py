@@ -7,13 +7,17 @@ from collections.abc import AsyncIterator
 from litestar import Litestar
 from litestar.datastructures import State
 
+import telemetry
 from archiver.api import ROUTES
 from archiver.reader import Reader
 from archiver.settings import ArchiverSettings
 from servicekit.http import EXCEPTION_HANDLERS
+from telemetry import Telemetry
+from telemetry.http import metrics, middleware
 
 
-def create_app(settings: ArchiverSettings) -> Litestar:
+def create_app(settings: ArchiverSettings, telemetry_: Telemetry | None = None) -> Litestar:
+    tele = telemetry_ or telemetry.start("archiver", f"{settings.host}:{settings.port}", {})
     reader = Reader(settings)
 
     @contextlib.asynccontextmanager
@@ -29,8 +33,9 @@ def create_app(settings: ArchiverSettings) -> Litestar:
                 await reader.chatlog.close()
 
     return Litestar(
-        route_handlers=ROUTES,
-        state=State({"settings": settings, "reader": reader}),
+        route_handlers=[*ROUTES, metrics],
+        middleware=[middleware(tele)],
+        state=State({"settings": settings, "reader": reader, "telemetry": tele}),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=None,

@@ -114,7 +114,9 @@ async def ws_endpoint(socket: WebSocket[object, object, State]) -> None:
     if hub.draining:
         await socket.close(CLOSE_GOING_AWAY, "node shutting down")
         return
-    session = Session(socket, state.replica, state.writer, state.settings, state.follower)
+    session = Session(
+        socket, state.replica, state.writer, state.settings, state.follower, hub.stats
+    )
     hub.sessions.add(session)
     try:
         await session.run()

@@ -8,14 +8,18 @@ from collections.abc import AsyncIterator
 from litestar import Litestar
 from litestar.datastructures import State
 
+import telemetry
 from chat.api import ROUTES
 from chat.follower import Follower
+from chat.metrics import NodeMetrics
 from chat.replica import Replica
 from chat.settings import NodeSettings
 from chat.snapshot import Saver
 from chat.writes import Writer
 from chat.ws import Hub
 from servicekit.http import EXCEPTION_HANDLERS
+from telemetry import Telemetry
+from telemetry.http import metrics, middleware
 
 log = logging.getLogger("chat.app")
 
@@ -28,17 +32,22 @@ def _report_end(task: "asyncio.Task[None]") -> None:
         )
 
 
-def create_app(settings: NodeSettings) -> Litestar:
+def create_app(settings: NodeSettings, telemetry_: Telemetry | None = None) -> Litestar:
+    """``telemetry_`` comes from the entry point (``OTEL_*`` read there); by default
+    metrics are only served on /metrics and nothing is exported."""
+    tele = telemetry_ or telemetry.start("chat-node", settings.node_id, {})
     replica = Replica(settings.stream.max_text, settings.keep_per_channel)
     follower = Follower(settings, replica)
     hub = Hub()
+    node_metrics = NodeMetrics(tele.meter("chat"), replica, follower, hub)
     state = State(
         {
             "settings": settings,
             "replica": replica,
             "follower": follower,
-            "writer": Writer(follower, replica),
+            "writer": Writer(follower, replica, node_metrics),
             "hub": hub,
+            "telemetry": tele,
         }
     )
 
@@ -72,7 +81,8 @@ def create_app(settings: NodeSettings) -> Litestar:
             log.info("node %s stopped", settings.node_id)
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, metrics],
+        middleware=[middleware(tele)],
         state=state,
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -11,12 +11,19 @@ import asyncio
 import logging
 import time
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from chat import snapshot
 from chat.replica import Replica
 from chat.settings import NodeSettings
-from chatlog import ChatLog, LogError, LogUnavailable, Tail, TailBroken
+from chatlog import ChatLog, LogEntry, LogError, LogInfo, LogUnavailable, Tail, TailBroken
+from chatlog.names import channel_of
+from telemetry import context_of
 
 log = logging.getLogger("chat.follower")
+
+tracer = trace.get_tracer("chat")
 
 RECONNECT_AFTER = 3
 """Consecutive consumer resets without progress before we try another NATS server."""
@@ -30,6 +37,9 @@ class Follower:
         self.target = 0
         """The stream's last seq when the current epoch was bootstrapped: readiness."""
         self.resets = 0
+        self.stream_last_seq = 0
+        """The stream's last seq as last seen (bootstrap, then the watchdog every second)."""
+        self.reconnects = 0
         self.snapshot_seq = 0
         """The seq of the snapshot the current epoch started from; 0 for a full replay."""
         self._reconnected = False
@@ -69,8 +79,10 @@ class Follower:
                 if progressed:
                     backoff = 0.1  # a tail that worked for a while earns a quick retry
                 log.warning(
-                    "consumer reset (%s); resuming from seq %d", exc, self._replica.applied + 1
-                )
+                    "consumer reset (%s); resuming from seq %d",
+                    exc, self._replica.applied + 1,
+                    extra={"seq": self._replica.applied + 1, "reason": type(exc).__name__},
+                )  # fmt: skip
                 if failures >= RECONNECT_AFTER:
                     # The server we are attached to may be the one that is cut off, or still
                     # catching up after a partition (it answers, but JetStream is unavailable
@@ -101,18 +113,21 @@ class Follower:
         old, self.chatlog = self.chatlog, None
         log.warning("%d consumer resets in a row: reconnecting to NATS", RECONNECT_AFTER)
         self.chatlog = await self._connect()
+        self.reconnects += 1
         if old is not None:
             await old.close()
 
     def _on_nats_event(self, kind: str) -> None:
         if kind == "reconnected":
             self._reconnected = True
+            self.reconnects += 1
 
     async def _bootstrap_and_follow(self) -> None:
         assert self.chatlog is not None
         # Every (re)start checks the stream: a deleted stream is created again, and a
         # stream with a new creation time is a new log that replaces everything we hold.
         info = await self.chatlog.ensure_stream()
+        self.stream_last_seq = info.last_seq
         if info.epoch != self._replica.epoch:
             # Fetched before the reset: reset and restore then happen with no await between
             # them, so a WebSocket cannot join the new epoch half-way through the restore.
@@ -128,10 +143,51 @@ class Follower:
             log.info(
                 "bootstrapping epoch %s up to seq %d from seq %d",
                 info.epoch, info.last_seq, self._replica.applied + 1,
+                extra={"seq": self._replica.applied + 1, "epoch": info.epoch},
             )  # fmt: skip
         self._reconnected = False
         async with self.chatlog.tail(self._replica.applied + 1, self._settings.heartbeat) as tail:
             await self._follow(tail)
+
+    async def refresh(self) -> LogInfo:
+        """Look at the stream now: its last seq is what the lag metrics compare with."""
+        assert self.chatlog is not None
+        info = await self.chatlog.info()
+        self.stream_last_seq = info.last_seq
+        return info
+
+    def _trace(self, entries: list[LogEntry], started: int) -> None:
+        """An apply span (and a delivery span) per message that came with a traceparent,
+        as a child of the sender's publish span; the batch's apply time is theirs."""
+        ended = None
+        for entry in entries:
+            if entry.trace_parent is None:
+                continue
+            ended = ended or time.time_ns()
+            channel = channel_of(entry.subject) or ""
+            apply = tracer.start_span(
+                "chat.apply",
+                context=context_of(entry.trace_parent),
+                kind=SpanKind.CONSUMER,
+                start_time=started,
+                attributes={
+                    "messaging.system": "nats",
+                    "chat.node_id": self._settings.node_id,
+                    "chat.seq": entry.seq,
+                    "chat.channel": channel,
+                },
+            )
+            deliver = tracer.start_span(
+                "chat.deliver",
+                context=trace.set_span_in_context(apply),
+                start_time=started,
+                attributes={
+                    "chat.node_id": self._settings.node_id,
+                    "chat.ws.recipients": self._replica.listener_count(channel),
+                },
+            )
+            deliver.end(end_time=ended)
+            apply.end(end_time=ended)
 
     async def _follow(self, tail: Tail) -> None:
         assert self.chatlog is not None
@@ -144,20 +200,24 @@ class Follower:
             entries = await tail.batch(max_wait=settings.watchdog_interval / 2)
             now = time.monotonic()
             if entries:
+                started = time.time_ns()
                 self._replica.apply(entries)
+                self._trace(entries, started)
                 last_progress = now
                 # Let WebSocket senders drain what this batch queued before the next one.
                 await asyncio.sleep(0)
             if not was_ready and self.ready:
                 was_ready = True
                 log.info(
-                    "caught up: seq %d of epoch %s", self._replica.applied, self._replica.epoch
-                )
+                    "caught up: seq %d of epoch %s",
+                    self._replica.applied, self._replica.epoch,
+                    extra={"seq": self._replica.applied, "epoch": self._replica.epoch},
+                )  # fmt: skip
             if self._reconnected:
                 raise TailBroken("reconnected to NATS")
             if now >= next_check:
                 next_check = now + settings.watchdog_interval
-                info = await self.chatlog.info()
+                info = await self.refresh()
                 if info.epoch != self._replica.epoch:
                     raise TailBroken(f"stream has a new epoch {info.epoch}")
                 behind = info.last_seq > self._replica.applied

@@ -94,13 +94,21 @@ class Replica:
         self.channels: dict[str, ChannelLog] = {}
         self.skipped: Counter[str] = Counter()
         self.applied_total = 0
+        self.rebuilds = 0
+        """Epoch changes after the first: each one dropped everything and started over."""
+        self.last_stored_ns = 0
+        """stored_at of the newest applied entry: how far behind the log's head we are."""
         self._listeners: dict[str, set[Listener]] = {}
         self._progress = asyncio.Event()
 
     def reset(self, epoch: str, max_text: int) -> None:
         """Start over for a new log. Listeners are told, then dropped."""
         if self.epoch is not None:
-            log.warning("epoch changed from %s to %s: rebuilding from nothing", self.epoch, epoch)
+            self.rebuilds += 1
+            log.warning(
+                "epoch changed from %s to %s: rebuilding from nothing",
+                self.epoch, epoch, extra={"epoch": epoch},
+            )  # fmt: skip
         self.epoch = epoch
         self.applied = 0
         self.max_text = max_text
@@ -124,7 +132,11 @@ class Replica:
             self.applied = entry.seq
             if not isinstance(taken, Record):
                 self.skipped[taken.reason] += 1
-                log.warning("skipped seq %d (%s): %s", taken.seq, taken.reason, taken.detail)
+                log.warning(
+                    "skipped seq %d (%s): %s",
+                    taken.seq, taken.reason, taken.detail,
+                    extra={"seq": taken.seq, "reason": taken.reason},
+                )  # fmt: skip
                 continue
             self.applied_total += 1
             fields, stored_us = compact_record(taken)
@@ -138,6 +150,7 @@ class Replica:
                 for listener in tuple(listeners):
                     listener.push(taken.channel, taken.seq, frame)
         if entries:
+            self.last_stored_ns = entries[-1].stored_ns
             self._wake()
 
     def read(self, channel: str, after: int, limit: int) -> list[tuple[int, str]]:
@@ -152,6 +165,9 @@ class Replica:
     def default_after(self, channel: str, last_n: int) -> int:
         found = self.channels.get(channel)
         return found.seq_before_last(last_n) if found else 0
+
+    def listener_count(self, channel: str) -> int:
+        return len(self._listeners.get(channel, ()))
 
     def listen(self, channel: str, listener: Listener) -> None:
         self._listeners.setdefault(channel, set()).add(listener)

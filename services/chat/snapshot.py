@@ -151,6 +151,8 @@ def restore(replica: Replica, state: ReplicaState) -> None:
         channel.seqs, channel.stored_us = seqs, stored_us
         channel.total = channel_state.total
         replica.channels[channel_state.name] = channel
+        if stored_us:
+            replica.last_stored_ns = max(replica.last_stored_ns, stored_us[-1] * 1000)
 
 
 def usable(meta: SnapshotMeta | None, info: LogInfo) -> bool:

@@ -11,7 +11,7 @@ resumed client (``after``) sees no gap and no duplicate, on any node.
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from typing import Any, cast
 
 import msgspec
@@ -47,6 +47,26 @@ CLOSE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 
 
+CLOSE_REASONS = {
+    CLOSE_GOING_AWAY: "going_away",
+    CLOSE_POLICY: "abuse",
+    CLOSE_RESTART: "log_replaced",
+    CLOSE_TRY_AGAIN: "overflow",
+}
+
+
+class WsStats:
+    """Plain counters, read by the metrics callbacks at scrape time: nothing on the
+    delivery path but an integer add."""
+
+    __slots__ = ("closed", "delivered", "joins")
+
+    def __init__(self) -> None:
+        self.joins = 0
+        self.delivered = 0
+        self.closed: Counter[str] = Counter()
+
+
 class Subscription:
     __slots__ = ("channel", "cursor", "live")
 
@@ -66,8 +86,10 @@ class Session:
         writer: Writer,
         settings: NodeSettings,
         follower: Follower,
+        stats: WsStats,
     ) -> None:
         self._ws = socket
+        self._stats = stats
         self._follower = follower
         self._replica = replica
         self._writer = writer
@@ -110,6 +132,7 @@ class Session:
         if self._close is not None:
             return
         self._close = (code, reason)
+        self._stats.closed[CLOSE_REASONS.get(code, str(code))] += 1
         self._receiving = False
         if not flush:
             self._out.clear()
@@ -155,6 +178,8 @@ class Session:
                     await self._catch_up(sub)
                 else:
                     await self._ws.send_text(frame)
+                    if sub is not None:
+                        self._stats.delivered += 1
                 continue
             if self._close is not None:
                 return
@@ -177,6 +202,7 @@ class Session:
                     if seq > sub.cursor:
                         await self._ws.send_text(message_frame(record_json))
                         sub.cursor = seq
+                        self._stats.delivered += 1
                 continue
             page = self._replica.read(sub.channel, sub.cursor, PAGE)
             if not page:
@@ -187,6 +213,7 @@ class Session:
             for seq, record_json in page:
                 await self._ws.send_text(message_frame(record_json))
                 sub.cursor = seq
+                self._stats.delivered += 1
 
     async def _receive_loop(self) -> None:
         while self._receiving:
@@ -248,6 +275,7 @@ class Session:
             after = self._replica.default_after(channel, HISTORY_DEFAULT)
         sub = Subscription(channel, after)
         self._subs[channel] = sub
+        self._stats.joins += 1
         self._replica.listen(channel, self)
         self._queue(Joined(channel=channel, epoch=epoch, last_seq=self._replica.applied))
         self._out.append((sub, None))
@@ -281,6 +309,7 @@ class Hub:
     def __init__(self) -> None:
         self.sessions: set[Session] = set()
         self.draining = False
+        self.stats = WsStats()
 
     async def drain(self, timeout: float) -> None:
         self.draining = True

@@ -1,8 +1,9 @@
-"""``chat-cluster``: up, node, archiver, ensure-stream, send, tail, nats-server."""
+"""``chat-cluster``: up, status, node, archiver, ensure-stream, send, tail, nats-server."""
 
 import argparse
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -36,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
 
     archiver = sub.add_parser("archiver", help="run the archiver")
     config.add_service_flags(archiver, env, 8100)
+
+    status = sub.add_parser(
+        "status", help="readiness, applied seq, lag and connections of the services `up` runs"
+    )
+    status.add_argument("--data-dir", default="./.chat-cluster", help="where `up` keeps its data")
 
     ensure = sub.add_parser(
         "ensure-stream",
@@ -88,6 +94,10 @@ def _run(args: argparse.Namespace) -> int:
 
         ports = Ports.for_base(args.base_port, args.nodes, args.nats_cluster)
         return LocalCluster(ports, args.data_dir).run()
+    if args.command == "status":
+        from chat_cluster.status import show
+
+        return show(args.data_dir)
     if args.command == "ensure-stream":
         return asyncio.run(
             client.ensure_stream(
@@ -104,12 +114,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _node(args: argparse.Namespace) -> int:
+    import telemetry
     from chat.app import create_app
     from servicekit import logs, serve
 
     settings = config.node_settings(args)
-    logs.configure(f"chat-node {settings.node_id}", args.log_level)
-    app = create_app(settings)
+    logs.configure("chat-node", args.log_level, node_id=settings.node_id)
+    app = create_app(settings, telemetry.start("chat-node", settings.node_id, config.environ()))
     hub = app.state.hub
     serve.run(
         app,
@@ -122,12 +133,18 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def _archiver(args: argparse.Namespace) -> int:
+    import telemetry
     from archiver.app import create_app
     from servicekit import logs, serve
 
     settings = config.archiver_settings(args)
-    logs.configure("archiver", args.log_level)
-    serve.run(create_app(settings), settings.host, settings.port)
+    instance = f"{socket.gethostname()}:{settings.port}"
+    logs.configure("archiver", args.log_level, node_id=instance)
+    serve.run(
+        create_app(settings, telemetry.start("archiver", instance, config.environ())),
+        settings.host,
+        settings.port,
+    )
     return 0
 
 

@@ -227,7 +227,9 @@ class LocalCluster:
         width = max(len(r[0]) for r in rows)
         print(f"chat-cluster is up (nats-server {version}, {binary})", flush=True)
         for name, url, pid in rows:
-            print(f"  {name:<{width}}  {url:<26} pid {pid}")
+            metrics = f"metrics {url}/metrics" if url.startswith("http") else ""
+            print(f"  {name:<{width}}  {url:<26} pid {pid:<8} {metrics}".rstrip())
+        print("`chat-cluster status` shows readiness, applied seq, lag and connections")
         print(
             f"data: {self.data}   logs: {self.data / 'logs'}   Ctrl-C stops everything", flush=True
         )

@@ -178,11 +178,17 @@ class ChatLog:
             replicas=info.config.num_replicas or 1,
         )
 
-    async def publish(self, channel: str, payload: bytes, msg_id: str) -> PubAck:
+    async def publish(
+        self, channel: str, payload: bytes, msg_id: str, trace_parent: str | None = None
+    ) -> PubAck:
         """Publish and wait for the PubAck: after it returns, the message is stored (and, with
         ``sync_interval: always``, on disk). The same ``msg_id`` within the duplicate window
-        returns the first seq with ``duplicate=True``. LogUnavailable promises nothing."""
+        returns the first seq with ``duplicate=True``. LogUnavailable promises nothing.
+        ``trace_parent`` travels in the message's headers to every replica."""
         subject = subject_for(channel)
+        headers = {"Nats-Msg-Id": msg_id}
+        if trace_parent:
+            headers["traceparent"] = trace_parent
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         pause = 0.05
@@ -195,7 +201,7 @@ class ChatLog:
                         payload,
                         timeout=max(remaining, 0.1),
                         stream=STREAM_NAME,
-                        headers={"Nats-Msg-Id": msg_id},
+                        headers=headers,
                     )
                     break
                 except nats.js.errors.NoStreamResponseError:

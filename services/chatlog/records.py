@@ -51,6 +51,8 @@ class LogEntry(msgspec.Struct, frozen=True, gc=False):
     data: bytes
     stored_ns: int
     msg_id: str | None = None
+    trace_parent: str | None = None
+    """The W3C ``traceparent`` the sender published with, if it was tracing."""
 
 
 class Skip(msgspec.Struct, frozen=True):

@@ -144,9 +144,15 @@ class Tail:
             return f"consumer sequence gap: expected {self._cseq + 1}, got {cseq} (stream {sseq})"
         self._cseq = cseq
         msg_id = headers.get("Nats-Msg-Id") if headers else None
+        trace_parent = headers.get("traceparent") if headers else None
         out.append(
             LogEntry(
-                seq=sseq, subject=msg.subject, data=msg.data, stored_ns=stored_ns, msg_id=msg_id
+                seq=sseq,
+                subject=msg.subject,
+                data=msg.data,
+                stored_ns=stored_ns,
+                msg_id=msg_id,
+                trace_parent=trace_parent,
             )
         )
         return None

@@ -3,7 +3,7 @@ state of a node that replayed the whole log, and a snapshot that does not fit is
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import msgspec
 
@@ -13,15 +13,7 @@ from chat.replica import Replica
 from chat_cluster.natsserver import NatsServer
 from chatlog import ChatLog, SnapshotMeta
 from tests.conftest import node_settings
-
-
-async def until(check: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or 'condition'}")
-        await asyncio.sleep(0.02)
+from tests.support import until
 
 
 @contextlib.asynccontextmanager

@@ -146,6 +146,22 @@ def test_walkthrough(up: Up) -> None:
     )
     assert out.stdout.splitlines() == ["[1] anonymous: hello from 1", "[2] ada: via cli"]
 
+    # `up` says where /metrics is; `status` reads every service's readiness and metrics
+    assert any(f"metrics {up.node(1)}/metrics" in line for line in up.lines)
+    status_cmd = [PYTHON, "-m", "chat_cluster", "status", "--data-dir", str(up.data)]
+
+    def table() -> dict[str, list[str]]:
+        out = subprocess.run(status_cmd, capture_output=True, text=True, timeout=30)
+        return {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:]}
+
+    rows = wait_until(
+        lambda: (t := table()) and all(t[f"node-{i}"][3] == "2" for i in (1, 2, 3)) and t,
+        what="status to show applied seq 2 on every node",
+    )
+    for i in (1, 2, 3):  # service, url, ready, applied, lag, lag_s, conns
+        assert rows[f"node-{i}"][2:] == ["ready", "2", "0", "0.000", "0"], rows
+    assert rows["archiver"][2] == "ready"
+
     # kill -9 of node 2: the supervisor restarts it, it replays, turns ready, holds everything.
     old = up.pid("node-2")
     os.kill(old, signal.SIGKILL)

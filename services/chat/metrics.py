@@ -1,0 +1,126 @@
+"""The chat node's metrics (OpenTelemetry instruments, rendered on ``/metrics``).
+
+Almost everything is observed at scrape time from state the node keeps anyway
+(applied seq, counters in the replica, follower and hub), so the apply and
+delivery paths pay nothing for metrics. Only the send path records directly: a
+publish latency histogram and error/duplicate counters. Each metric, and what to
+alert on, is in docs/observability.md.
+"""
+
+import time
+from collections.abc import Iterable
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from chat.follower import Follower
+from chat.replica import Replica
+from chat.ws import Hub
+
+# Sends wait for an fsync on R3: from about a millisecond to the 5 s publish timeout.
+PUBLISH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class NodeMetrics:
+    def __init__(self, meter: Meter, replica: Replica, follower: Follower, hub: Hub) -> None:
+        self._replica = replica
+        self._follower = follower
+        self._hub = hub
+        gauge, counter = meter.create_observable_gauge, meter.create_observable_counter
+
+        gauge("chat.replica.applied_seq", [self._applied_seq], "{seq}",
+              "Highest stream seq applied to this node's replica")  # fmt: skip
+        gauge("chat.stream.last_seq", [self._stream_last_seq], "{seq}",
+              "The stream's last seq as this node last saw it (checked every second)")  # fmt: skip
+        gauge("chat.replication.lag", [self._lag_messages], "{message}",
+              "Messages in the stream not yet applied here")  # fmt: skip
+        gauge("chat.replication.lag.duration", [self._lag_seconds], "s",
+              "Behind: now minus stored_at of the newest applied message, else 0")  # fmt: skip
+        gauge("chat.ready", [self._ready], "1",
+              "1 when caught up and serving (the /readyz answer)")  # fmt: skip
+        gauge("chat.nats.connected", [self._connected], "1",
+              "1 while connected to a NATS server")  # fmt: skip
+        counter("chat.messages.applied", [self._applied], "{message}",
+                "Messages applied (served); skipped ones are not counted")  # fmt: skip
+        counter("chat.messages.skipped", [self._skipped], "{message}",
+                "Stored messages skipped by the payload rule, by reason")  # fmt: skip
+        counter("chat.replica.rebuilds", [self._rebuilds], "{rebuild}",
+                "Epoch changes: the stream was replaced and the replica rebuilt")  # fmt: skip
+        counter("chat.consumer.resets", [self._resets], "{reset}",
+                "Ordered-consumer resets (gap, stall, reconnect, error)")  # fmt: skip
+        counter("chat.nats.reconnects", [self._reconnects], "{reconnect}",
+                "Reconnections to NATS")  # fmt: skip
+        meter.create_observable_up_down_counter(
+            "chat.ws.connections", [self._connections], "{connection}", "Open WebSockets"
+        )
+        counter("chat.ws.joins", [self._joins], "{join}", "Channel joins")
+        counter("chat.ws.delivered", [self._delivered], "{message}",
+                "Message frames written to WebSockets (live and catch-up)")  # fmt: skip
+        counter("chat.ws.closed", [self._closed], "{connection}",
+                "WebSockets closed by the node, by reason (overflow = 1013, abuse = 1008, "
+                "going_away = 1001, log_replaced = 1012)")  # fmt: skip
+
+        self.publish_duration = meter.create_histogram(
+            "chat.publish.duration",
+            unit="s",
+            description="From publish to PubAck (JetStream stored it), successful sends",
+            explicit_bucket_boundaries_advisory=PUBLISH_BUCKETS,
+        )
+        self.publish_errors = meter.create_counter(
+            "chat.publish.errors", "{error}", "Failed sends, by error kind"
+        )
+        self.publish_duplicates = meter.create_counter(
+            "chat.publish.duplicates", "{message}", "Sends the log recognised as duplicates"
+        )
+
+    def _applied_seq(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._replica.applied)
+
+    def _stream_last_seq(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(max(self._follower.stream_last_seq, self._replica.applied))
+
+    def _lag_messages(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(max(0, self._follower.stream_last_seq - self._replica.applied))
+
+    def _lag_seconds(self, _: CallbackOptions) -> Iterable[Observation]:
+        replica = self._replica
+        behind = self._follower.stream_last_seq > replica.applied or replica.epoch is None
+        if not behind:
+            yield Observation(0.0)
+        elif replica.last_stored_ns:
+            yield Observation(max(0.0, time.time() - replica.last_stored_ns / 1e9))
+        # else: behind with nothing applied yet; no honest number, so no point
+
+    def _ready(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(int(self._follower.ready and not self._hub.draining))
+
+    def _connected(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(int(self._follower.connected))
+
+    def _applied(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._replica.applied_total)
+
+    def _skipped(self, _: CallbackOptions) -> Iterable[Observation]:
+        for reason, count in self._replica.skipped.items():
+            yield Observation(count, {"reason": reason})
+
+    def _rebuilds(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._replica.rebuilds)
+
+    def _resets(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._follower.resets)
+
+    def _reconnects(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._follower.reconnects)
+
+    def _connections(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(len(self._hub.sessions))
+
+    def _joins(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._hub.stats.joins)
+
+    def _delivered(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._hub.stats.delivered)
+
+    def _closed(self, _: CallbackOptions) -> Iterable[Observation]:
+        for reason, count in self._hub.stats.closed.items():
+            yield Observation(count, {"reason": reason})
