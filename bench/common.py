@@ -52,7 +52,7 @@ def raise_fd_limit() -> int:
 class NodeProc:
     """A chat node started the way users start it; children inherit our fd limit."""
 
-    def __init__(self, nats_url: str, *extra: str) -> None:
+    def __init__(self, nats_url: str, *extra: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
@@ -70,6 +70,7 @@ class NodeProc:
                 *extra,
             ],
             stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         )
 
     def ready(self) -> bool:
@@ -144,3 +145,33 @@ def write_results(figures: list[Figure], meta: dict[str, object]) -> str:
     text = "\n".join(lines) + "\n"
     (RESULTS / "latest.md").write_text(text)
     return text
+
+
+class Sink:
+    """An OTLP/HTTP endpoint on 127.0.0.1 that accepts everything and keeps only a count."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                sink.requests += 1
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import nats
 import websockets
 
-from bench.common import Figure, NodeProc, cpu_seconds, start_nats
+from bench.common import Figure, NodeProc, Sink, cpu_seconds, start_nats
 from chatlog import ChatLog, StreamSpec
 
 TEXT = "x" * 200
@@ -494,4 +494,76 @@ async def delivery_capacity(
             passed=best >= 50_000,
             note="; ".join(steps),
         )
+    ]
+
+
+def _instrumentation_off(n: int = 100_000) -> tuple[float, float]:
+    """In process, tracing off (the API's no-op tracer): seconds per message of the node's
+    tracing work on the apply path, and of the apply itself. (The send path skips its
+    spans entirely when tracing is off.)"""
+    from chat.follower import Follower
+    from chat.replica import Replica
+    from chat.settings import NodeSettings
+    from chatlog import LogEntry
+
+    payload = json.dumps({"text": TEXT, "user": "bench"}).encode()
+    entries = [
+        LogEntry(seq=i + 1, subject=f"chat.c{i % 100}", data=payload, stored_ns=i) for i in range(n)
+    ]
+    replica = Replica(8192)
+    follower = Follower(NodeSettings(), replica)
+    t0 = time.perf_counter()
+    for i in range(0, n, 256):
+        replica.apply(entries[i : i + 256])
+    apply = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for i in range(0, n, 256):
+        follower._trace(entries[i : i + 256], 0)
+    traced = (time.perf_counter() - t0) / n
+    return traced, apply
+
+
+async def telemetry_cost(work: Path, count: int) -> list[Figure]:
+    traced, apply = await asyncio.to_thread(_instrumentation_off)
+    server = start_nats(work)
+    sink = Sink()
+    rates = {}
+    try:
+        log = await ChatLog.connect([server.config.url], name="b", spec=StreamSpec())
+        await log.ensure_stream()
+        await log.close()
+        for label, env in (
+            ("off", {}),
+            ("on", {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "OTEL_BSP_SCHEDULE_DELAY": "1000"}),
+        ):
+            node = NodeProc(server.config.url, env=env)
+            try:
+                await asyncio.to_thread(node.wait_ready)
+                rates[label] = await ws_throughput(node.url, count)
+            finally:
+                node.stop()
+    finally:
+        sink.close()
+        server.stop()
+    return [
+        Figure(
+            "7",
+            "tracing off: instrumentation per applied message (vs the apply itself)",
+            traced * 1e9,
+            "ns",
+            ceiling=apply * 1e9,
+            ratio=traced / apply,
+            target="<= 0.02",
+            passed=traced / apply <= 0.02,
+        ),
+        Figure(
+            "7",
+            "write throughput, WebSocket, tracing on (OTLP to a local sink, every span sampled)",
+            rates["on"],
+            "msg/s",
+            ceiling=rates["off"],
+            ratio=rates["on"] / rates["off"],
+            target="report",
+            note=f"{sink.requests} OTLP requests received",
+        ),
     ]

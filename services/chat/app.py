@@ -45,7 +45,7 @@ def create_app(settings: NodeSettings, telemetry_: Telemetry | None = None) -> L
             "settings": settings,
             "replica": replica,
             "follower": follower,
-            "writer": Writer(follower, replica, node_metrics),
+            "writer": Writer(follower, replica, node_metrics, tele.tracing),
             "hub": hub,
             "telemetry": tele,
         }

@@ -202,7 +202,10 @@ class Follower:
             if entries:
                 started = time.time_ns()
                 self._replica.apply(entries)
-                self._trace(entries, started)
+                if was_ready:
+                    # Live messages only: replaying a long log would emit two spans for
+                    # every stored message that once carried a traceparent.
+                    self._trace(entries, started)
                 last_progress = now
                 # Let WebSocket senders drain what this batch queued before the next one.
                 await asyncio.sleep(0)

@@ -53,6 +53,7 @@ def start(service: str, instance: str, env: Mapping[str, str]) -> Telemetry:
     os.environ.setdefault(
         "OTEL_SEMCONV_STABILITY_OPT_IN", env.get("OTEL_SEMCONV_STABILITY_OPT_IN") or "http"
     )
+    service = env.get("OTEL_SERVICE_NAME") or service
     resource = Resource.create({"service.name": service, "service.instance.id": instance})
     reader = InMemoryMetricReader()
     readers: list[MetricReader] = [reader]

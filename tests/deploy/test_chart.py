@@ -58,6 +58,22 @@ def names_read(add_flags: Any, *extra: Any) -> set[str]:
     return env.asked
 
 
+def ours(env: dict[str, str]) -> dict[str, str]:
+    """The variables our config reads; OTEL_* are read by the OpenTelemetry SDK itself."""
+    return {k: v for k, v in env.items() if not k.startswith("OTEL_")}
+
+
+def assert_otel(env: dict[str, str], values: str, service: str) -> None:
+    otel = {k: v for k, v in env.items() if k.startswith("OTEL_")}
+    if values != "all-options":
+        assert otel == {}  # nothing exported unless an endpoint is configured
+        return
+    assert otel["OTEL_SERVICE_NAME"] == service
+    assert otel["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http")
+    assert otel["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert 0 < float(otel["OTEL_TRACES_SAMPLER_ARG"]) <= 1
+
+
 def parse(command: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
     """Parse a container's command with the real CLI parser and that container's env."""
     assert command[0] == "chat-cluster"
@@ -99,7 +115,8 @@ def test_chat_nodes_get_only_settings_the_node_reads(
     deployment = one(manifests, "Deployment", f"{RELEASE}-chat")
     chat = container(deployment)
     env = env_of(chat)
-    assert set(env) <= names_read(config.add_node_flags), name
+    assert set(ours(env)) <= names_read(config.add_node_flags), name
+    assert_otel(env, name, "chat-node")
     assert {"NATS_URL", "NODE_ID", "PORT", "HOST", "STREAM_REPLICAS"} <= set(env)
 
     args = parse(chat["command"], env, monkeypatch)
@@ -112,8 +129,11 @@ def test_chat_nodes_get_only_settings_the_node_reads(
         env["KEEP_PER_CHANNEL"] == "0"
     )
 
-    # the probes ask for paths the node serves, on the port it listens on
+    # the probes and Prometheus ask for paths the node serves, on the port it listens on
     served = {route.path for route in create_node(settings).routes}
+    scrape = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert scrape["prometheus.io/path"] in served
+    assert int(scrape["prometheus.io/port"]) == settings.port
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         assert chat[probe]["httpGet"] == {"path": path, "port": "http"}
         assert path in served
@@ -134,7 +154,8 @@ def test_archiver_and_job_get_only_settings_they_read(
     name, manifests = rendered
     archiver = container(one(manifests, "Deployment", f"{RELEASE}-archiver"))
     env = env_of(archiver)
-    assert set(env) <= names_read(config.add_service_flags, 8100), name
+    assert set(ours(env)) <= names_read(config.add_service_flags, 8100), name
+    assert_otel(env, name, "archiver")
     args = parse(archiver["command"], env, monkeypatch)
     settings = config.archiver_settings(args)
     assert settings.port == port_named(archiver, "http")

@@ -121,6 +121,17 @@ def test_a_send_on_node_a_and_its_apply_on_node_b_are_one_trace(
         apply = find(spans, "chat.apply", **{"chat.seq": ack["seq"], "chat.node_id": "a"})
         assert apply.context.trace_id == send.context.trace_id
 
+    # a node that starts later replays both messages without a span for either
+    with TestClient(create_app(node_settings(nats, node_id="late"))) as late:
+        ready(late)
+        assert (
+            late.get("/messages", params={"channel": "t"}).json()["messages"][-1]["seq"]
+            == (ack["seq"])
+        )
+    assert not [
+        s for s in spans.get_finished_spans() if (s.attributes or {}).get("chat.node_id") == "late"
+    ]
+
 
 def test_metrics_parse_and_count_known_traffic(nats: NatsServer, chatlog: ChatLog) -> None:
     with TestClient(create_app(node_settings(nats, node_id="m"))) as node:

@@ -60,3 +60,23 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
 {{- end -}}
+
+{{/* OpenTelemetry: read by the SDK itself; nothing is set without an endpoint. */}}
+{{- define "chat-cluster.otelEnv" -}}
+{{- if .root.Values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .root.Values.otel.endpoint | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: parentbased_traceidratio
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .root.Values.otel.sampleRatio | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "chat-cluster.scrape" -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: "8000"
+prometheus.io/path: /metrics
+{{- end -}}
