@@ -34,7 +34,7 @@ def create_app(settings: ArchiverSettings, telemetry_: Telemetry | None = None) 
 
     return Litestar(
         route_handlers=[*ROUTES, metrics],
-        middleware=[middleware(tele)],
+        middleware=middleware(tele),
         state=State({"settings": settings, "reader": reader, "telemetry": tele}),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -82,7 +82,7 @@ def create_app(settings: NodeSettings, telemetry_: Telemetry | None = None) -> L
 
     return Litestar(
         route_handlers=[*ROUTES, metrics],
-        middleware=[middleware(tele)],
+        middleware=middleware(tele),
         state=state,
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

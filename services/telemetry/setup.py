@@ -48,11 +48,9 @@ def _otlp_wanted(env: Mapping[str, str], signal: str) -> bool:
 
 
 def start(service: str, instance: str, env: Mapping[str, str]) -> Telemetry:
-    # The ASGI instrumentation reads this once, at its first use: the stable HTTP
-    # conventions name the server metric http.server.request.duration (seconds).
-    os.environ.setdefault(
-        "OTEL_SEMCONV_STABILITY_OPT_IN", env.get("OTEL_SEMCONV_STABILITY_OPT_IN") or "http"
-    )
+    # The ASGI instrumentation (server spans) reads this once, at its first use: the
+    # stable HTTP conventions for span attributes.
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     service = env.get("OTEL_SERVICE_NAME") or service
     resource = Resource.create({"service.name": service, "service.instance.id": instance})
     reader = InMemoryMetricReader()
