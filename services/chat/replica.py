@@ -113,7 +113,11 @@ class Replica:
         self.applied = 0
         self.max_text = max_text
         self.channels = {}
+        # Counts of this log, like everything else here (a snapshot carries them): their
+        # counters restart with a rebuild, which Prometheus reads as a counter reset.
         self.skipped = Counter()
+        self.applied_total = 0
+        self.last_stored_ns = 0
         listeners = {listener for group in self._listeners.values() for listener in group}
         self._listeners = {}
         for listener in listeners:

@@ -16,6 +16,7 @@ import random
 import sys
 import time
 from array import array
+from bisect import bisect_right
 from collections.abc import Callable
 
 import msgspec
@@ -87,7 +88,8 @@ def _int64s(raw: bytes) -> "array[int]":
 
 
 def capture(replica: Replica) -> tuple[SnapshotMeta, bytes]:
-    """Encode the replica as it is now. Synchronous: the state cannot change under it."""
+    """Encode the replica as it is now, in one go (the reference :func:`capture_live` is
+    tested against)."""
     assert replica.epoch is not None
     state = ReplicaState(
         epoch=replica.epoch,
@@ -109,6 +111,53 @@ def capture(replica: Replica) -> tuple[SnapshotMeta, bytes]:
     )
     meta = SnapshotMeta(epoch=replica.epoch, seq=replica.applied, format=FORMAT)
     return meta, _encoder.encode(state)
+
+
+CHUNK = 50_000
+"""Records joined between two yields to the event loop while a live node captures."""
+
+
+async def capture_live(replica: Replica) -> tuple[SnapshotMeta, bytes] | None:
+    """What :func:`capture` gives at the seq S applied when this starts, built a channel
+    (and at most CHUNK records) at a time, so the node keeps delivering meanwhile.
+
+    Appends after S are left out by seq. That gives exactly the state at S because a
+    node that saves holds everything (nothing is trimmed) and a channel's records only
+    ever grow at the end. None if the epoch changed meanwhile."""
+    assert replica.keep is None and replica.epoch is not None
+    epoch, seq = replica.epoch, replica.applied
+    applied_total, skipped = replica.applied_total, dict(replica.skipped)
+    states = []
+    # The channels as they are at S: one created later holds only seqs after S.
+    for name, channel in list(replica.channels.items()):
+        n = bisect_right(channel.seqs, seq)
+        parts = []
+        for start in range(0, n, CHUNK):
+            parts.append(_RS.join(channel.fields[start : min(n, start + CHUNK)]))
+            await asyncio.sleep(0)
+            if replica.epoch != epoch:
+                return None
+        # Read together, with no await between: total and length move in step.
+        total_at_seq = channel.total - (len(channel.seqs) - n)
+        states.append(
+            ChannelState(
+                name=name,
+                seqs=_le(channel.seqs[:n]).tobytes(),
+                stored_us=_le(channel.stored_us[:n]).tobytes(),
+                fields=_RS.join(parts),
+                dropped_through=channel.dropped_through,
+                total=total_at_seq,
+            )
+        )
+    state = ReplicaState(
+        epoch=epoch,
+        applied=seq,
+        max_text=replica.max_text,
+        applied_total=applied_total,
+        skipped=skipped,
+        channels=states,
+    )
+    return SnapshotMeta(epoch=epoch, seq=seq, format=FORMAT), _encoder.encode(state)
 
 
 def decode(meta: SnapshotMeta, body: bytes, info: LogInfo) -> ReplicaState | None:
@@ -237,7 +286,10 @@ class Saver:
             if replica.applied - meta.seq < self._every:
                 return False  # another node saved one recently
         started = time.monotonic()
-        meta, body = capture(replica)
+        captured = await capture_live(replica)
+        if captured is None:
+            return False  # the log was replaced meanwhile
+        meta, body = captured
         encoded = time.monotonic()
         await chatlog.save_snapshot(meta, body)
         size = len(body)

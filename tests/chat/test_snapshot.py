@@ -6,12 +6,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import msgspec
+import pytest
 
 from chat import snapshot
 from chat.follower import Follower
 from chat.replica import Replica
 from chat_cluster.natsserver import NatsServer
-from chatlog import ChatLog, SnapshotMeta
+from chatlog import ChatLog, LogEntry, SnapshotMeta
 from tests.conftest import node_settings
 from tests.support import until
 
@@ -125,3 +126,54 @@ async def test_new_epoch_ignores_the_old_snapshot(nats: NatsServer, chatlog: Cha
     async with running(nats, "b") as follower:
         assert follower.snapshot_seq == 0
         assert follower._replica.epoch == info.epoch and follower._replica.applied == last
+
+
+async def test_a_snapshot_saved_while_messages_arrive_is_exact(
+    nats: NatsServer, chatlog: ChatLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small chunks: the capture yields to the event loop many times, and the follower
+    # applies what arrives in between.
+    monkeypatch.setattr(snapshot, "CHUNK", 7)
+    await publish(chatlog, 0, 600)
+    async with running(nats, "full") as full:
+        saver = await saver_for(full)
+        more = asyncio.create_task(publish(chatlog, 600, 300))
+        await until(lambda: full._replica.applied > 650, what="some of the new messages")
+        assert await saver.maybe_save()
+        saved = await chatlog.snapshot_meta()
+        last = await more
+        assert saved is not None and saved.seq < last  # taken while the log moved on
+        async with running(nats, "from-snapshot") as fresh:
+            assert fresh.snapshot_seq == saved.seq
+            await until(lambda: full._replica.applied >= last and fresh._replica.applied >= last)
+            assert state_of(fresh._replica) == state_of(full._replica)
+
+
+async def test_live_capture_is_the_state_at_its_seq_whatever_is_applied_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(snapshot, "CHUNK", 3)
+
+    def entry(seq: int) -> LogEntry:
+        data = b'{"text": ""}' if seq % 11 == 0 else f'{{"text": "t{seq}"}}'.encode()
+        channel = "late" if seq == 205 else f"c{seq % 5}"  # a channel born mid-capture
+        return LogEntry(seq=seq, subject=f"chat.{channel}", data=data, stored_ns=seq * 1000)
+
+    live, reference = Replica(8192), Replica(8192)
+    for replica in (live, reference):
+        replica.reset("2026-11-28T00:00:00Z", 8192)
+        replica.apply([entry(seq) for seq in range(1, 201)])
+    capture = asyncio.create_task(snapshot.capture_live(live))
+    await asyncio.sleep(0)  # the capture starts, at seq 200
+    seq = 200
+    while not capture.done():  # every yield of the capture lets one more message in
+        seq += 1
+        live.apply([entry(seq)])
+        await asyncio.sleep(0)
+    result = capture.result()
+    assert result is not None and seq > 230  # it really yielded, and the log moved on
+    meta, body = result
+    assert meta.seq == 200 and body == snapshot.capture(reference)[1]
+    assert b"late" not in body and "late" in live.channels
+    again = await snapshot.capture_live(live)  # nothing moves now: the whole replica
+    assert again is not None and again[1] == snapshot.capture(live)[1]
