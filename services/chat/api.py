@@ -124,4 +124,4 @@ async def ws_endpoint(socket: WebSocket[object, object, State]) -> None:
         hub.sessions.discard(session)
 
 
-ROUTES = [healthz, readyz, list_messages, send_message, list_channels, ws_endpoint]
+HTTP_ROUTES = [healthz, readyz, list_messages, send_message, list_channels]
