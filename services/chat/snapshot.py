@@ -268,6 +268,10 @@ class Saver:
                 await self.maybe_save()
             except LogError as exc:
                 log.warning("snapshot not saved: %s", exc)
+            except Exception:
+                # Saving is an optimisation: an error here must not end the saver, nor
+                # anything else; the next round tries again.
+                log.exception("snapshot not saved: unexpected error")
 
     async def maybe_save(self) -> bool:
         replica = self._replica
