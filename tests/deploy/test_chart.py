@@ -257,3 +257,19 @@ def test_the_real_nats_server_accepts_the_rendered_config(
     )
     assert out.returncode == 0, (name, out.stderr)
     assert "is valid" in out.stderr + out.stdout
+
+
+def test_our_containers_run_read_only_with_a_writable_tmp(
+    rendered: tuple[str, list[Manifest]],
+) -> None:
+    name, manifests = rendered
+    ours = [m for m in manifests if m["kind"] in ("Deployment", "Job")]
+    assert len(ours) == (2 if name == "minimal" else 3)
+    for manifest in ours:
+        pod = manifest["spec"]["template"]["spec"]
+        box = container(manifest)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert box["securityContext"]["readOnlyRootFilesystem"] is True
+        mounts = {m["mountPath"]: m["name"] for m in box["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]]  # the image's HOME (deploy/Dockerfile)
