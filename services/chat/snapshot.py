@@ -259,7 +259,6 @@ class Saver:
         self._replica = replica
         self._every = every
         self._newest: tuple[str | None, int] = (None, 0)
-        self.saved = 0
 
     async def run(self, interval: float) -> None:
         while True:
@@ -300,7 +299,6 @@ class Saver:
         del body
         give_back_memory()
         self._newest = (meta.epoch, meta.seq)
-        self.saved += 1
         log.info(
             "saved snapshot of seq %d (%d bytes; encode %.2fs, compress and upload %.2fs)",
             meta.seq, size, encoded - started, time.monotonic() - encoded,
