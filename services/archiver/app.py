@@ -31,6 +31,7 @@ def create_app(settings: ArchiverSettings, telemetry_: Telemetry | None = None) 
                 await task
             if reader.chatlog is not None:
                 await reader.chatlog.close()
+            tele.shutdown()
 
     return Litestar(
         route_handlers=[*ROUTES, metrics],

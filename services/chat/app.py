@@ -78,6 +78,7 @@ def create_app(settings: NodeSettings, telemetry_: Telemetry | None = None) -> L
                         await running
             if follower.chatlog is not None:
                 await follower.chatlog.close()
+            tele.shutdown()
             log.info("node %s stopped", settings.node_id)
 
     return Litestar(

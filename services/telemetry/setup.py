@@ -35,7 +35,12 @@ class Telemetry:
         return self.meter_provider.get_meter(name)
 
     def shutdown(self) -> None:
-        self.meter_provider.shutdown()
+        """At process exit: export what is buffered (the last metrics and spans)."""
+        self.meter_provider.shutdown(timeout_millis=2000)
+        provider = trace.get_tracer_provider()
+        flush = getattr(provider, "force_flush", None)
+        if self.tracing and flush is not None:
+            flush(2000)  # not shutdown: the provider is global and may outlive this app
 
 
 def _otlp_wanted(env: Mapping[str, str], signal: str) -> bool:
