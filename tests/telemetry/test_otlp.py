@@ -4,6 +4,7 @@ test-owned HTTP server on 127.0.0.1 that records what it receives."""
 
 import json
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -99,3 +100,19 @@ def test_spans_are_recorded_only_with_an_otlp_endpoint(env: dict[str, str], trac
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [tracing, tracing]
+
+
+def test_spans_buffered_at_sigterm_are_exported_before_exit(
+    procs: NodeProcs, collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # never on its own in this test
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "600000")
+    node = procs.node("stopping")
+    assert http("POST", node.url + "/messages", {"text": "just before the end"})[0] == 201
+    assert collector.bodies("/v1/traces") == b""  # still buffered in the node
+    node.stop(10)  # SIGTERM: the node drains, then flushes its telemetry
+    # uvicorn re-raises the SIGTERM once its shutdown (our lifespan included) is done
+    assert node.proc is not None and node.proc.returncode in (0, -signal.SIGTERM)
+    assert b"chat.publish" in collector.bodies("/v1/traces")
+    assert b"chat.replica.applied_seq" in collector.bodies("/v1/metrics")
