@@ -8,7 +8,7 @@ import urllib.request
 
 import websockets
 
-from chatlog import ChatLog, LogError, LogUnavailable, StreamSpec
+from chatlog import ChatLog, LogError, StreamConflict, StreamSpec
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
@@ -74,7 +74,8 @@ async def tail(node: str, channel: str, after: int | None, count: int | None, ra
 
 async def ensure_stream(urls: tuple[str, ...], spec: StreamSpec, timeout: float) -> int:
     """Create or check the stream, retrying while NATS or JetStream is not up yet (a fresh
-    cluster elects its meta leader after all servers start). A conflict fails at once."""
+    cluster elects its meta leader after all servers start). A conflicting stream fails at
+    once; any other log error is retried until ``timeout``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -88,12 +89,12 @@ async def ensure_stream(urls: tuple[str, ...], spec: StreamSpec, timeout: float)
                 await chatlog.close()
             print(json.dumps(info.__dict__))
             return 0
-        except LogUnavailable as exc:
-            failure: LogError = exc
+        except StreamConflict as exc:
+            print(f"chat-cluster: {exc}", file=sys.stderr)
+            return 1
         except LogError as exc:
-            if "no suitable peers" not in exc.detail and "insufficient resources" not in exc.detail:
-                print(f"chat-cluster: {exc}", file=sys.stderr)
-                return 1
+            # NATS down, or JetStream still forming ("no suitable peers" until the meta
+            # group has its quorum): the same errors the services retry at start.
             failure = exc
         if loop.time() >= deadline:
             print(f"chat-cluster: gave up after {timeout}s: {failure}", file=sys.stderr)

@@ -33,11 +33,18 @@ def _env(env: Mapping[str, str], name: str, default: T, cast: Callable[[str], T]
         raise ConfigError(f"{name}={raw!r}: {exc}") from exc
 
 
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("must be >= 1")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def cast(raw: str) -> int:
+        value = int(raw)
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}")
+        return value
+
+    return cast
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _port(raw: str) -> int:
@@ -53,13 +60,6 @@ def _keep(raw: str) -> int | None:
         return None
     if value < 100:
         raise ValueError("must be 0 (hold everything) or >= 100 (a join shows the last 100)")
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must be >= 0")
     return value
 
 
