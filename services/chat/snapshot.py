@@ -87,39 +87,13 @@ def _int64s(raw: bytes) -> "array[int]":
     return _le(values)
 
 
-def capture(replica: Replica) -> tuple[SnapshotMeta, bytes]:
-    """Encode the replica as it is now, in one go (the reference :func:`capture_live` is
-    tested against)."""
-    assert replica.epoch is not None
-    state = ReplicaState(
-        epoch=replica.epoch,
-        applied=replica.applied,
-        max_text=replica.max_text,
-        applied_total=replica.applied_total,
-        skipped=dict(replica.skipped),
-        channels=[
-            ChannelState(
-                name=name,
-                seqs=_le(channel.seqs).tobytes(),
-                stored_us=_le(channel.stored_us).tobytes(),
-                fields=_RS.join(channel.fields),
-                dropped_through=channel.dropped_through,
-                total=channel.total,
-            )
-            for name, channel in replica.channels.items()
-        ],
-    )
-    meta = SnapshotMeta(epoch=replica.epoch, seq=replica.applied, format=FORMAT)
-    return meta, _encoder.encode(state)
-
-
 CHUNK = 50_000
 """Records joined between two yields to the event loop while a live node captures."""
 
 
 async def capture_live(replica: Replica) -> tuple[SnapshotMeta, bytes] | None:
-    """What :func:`capture` gives at the seq S applied when this starts, built a channel
-    (and at most CHUNK records) at a time, so the node keeps delivering meanwhile.
+    """The replica's state at the seq S applied when this starts, built a channel (and at
+    most CHUNK records) at a time, so the node keeps delivering meanwhile.
 
     Appends after S are left out by seq. That gives exactly the state at S because a
     node that saves holds everything (nothing is trimmed) and a channel's records only

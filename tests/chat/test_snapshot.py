@@ -44,8 +44,11 @@ async def publish(chatlog: ChatLog, start: int, count: int) -> int:
     return last
 
 
-def state_of(replica: Replica) -> bytes:
-    return snapshot.capture(replica)[1]
+async def state_of(replica: Replica) -> bytes:
+    """The whole state, encoded; with nothing applied meanwhile, the capture is all of it."""
+    captured = await snapshot.capture_live(replica)
+    assert captured is not None and captured[0].seq == replica.applied
+    return captured[1]
 
 
 async def saver_for(follower: Follower, every: int = 1) -> snapshot.Saver:
@@ -73,13 +76,13 @@ async def test_snapshot_then_tail_equals_full_replay(nats: NatsServer, chatlog: 
             assert fresh.target >= last
             await until(lambda: full._replica.applied >= last and fresh._replica.applied >= last)
             assert fresh._replica.applied == full._replica.applied == last
-            assert state_of(fresh._replica) == state_of(full._replica)
+            assert await state_of(fresh._replica) == await state_of(full._replica)
             assert sum(fresh._replica.skipped.values()) > 0  # poison was part of it
 
             # live messages keep both equal
             last = await publish(chatlog, 1150, 20)
             await until(lambda: fresh._replica.applied >= last and full._replica.applied >= last)
-            assert state_of(fresh._replica) == state_of(full._replica)
+            assert await state_of(fresh._replica) == await state_of(full._replica)
 
         # a bounded node loads the same snapshot and keeps only its newest records
         async with running(nats, "bounded", keep_per_channel=100) as bounded:
@@ -146,7 +149,7 @@ async def test_a_snapshot_saved_while_messages_arrive_is_exact(
         async with running(nats, "from-snapshot") as fresh:
             assert fresh.snapshot_seq == saved.seq
             await until(lambda: full._replica.applied >= last and fresh._replica.applied >= last)
-            assert state_of(fresh._replica) == state_of(full._replica)
+            assert await state_of(fresh._replica) == await state_of(full._replica)
 
 
 async def test_live_capture_is_the_state_at_its_seq_whatever_is_applied_meanwhile(
@@ -173,7 +176,7 @@ async def test_live_capture_is_the_state_at_its_seq_whatever_is_applied_meanwhil
     result = capture.result()
     assert result is not None and seq > 230  # it really yielded, and the log moved on
     meta, body = result
-    assert meta.seq == 200 and body == snapshot.capture(reference)[1]
+    assert meta.seq == 200 and body == await state_of(reference)
     assert b"late" not in body and "late" in live.channels
     again = await snapshot.capture_live(live)  # nothing moves now: the whole replica
-    assert again is not None and again[1] == snapshot.capture(live)[1]
+    assert again is not None and again[1] == await state_of(live)
