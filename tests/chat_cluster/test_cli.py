@@ -113,3 +113,17 @@ def test_ensure_stream_gives_up_after_its_timeout() -> None:
         port = unused.getsockname()[1]
     out = cli("ensure-stream", "--nats-url", f"nats://127.0.0.1:{port}", "--timeout", "1")
     assert out.returncode == 1 and "gave up after 1.0s" in out.stderr
+
+
+def test_status_names_a_missing_cluster_and_a_service_that_is_down(tmp_path: Path) -> None:
+    out = cli("status", "--data-dir", str(tmp_path))
+    assert out.returncode == 1 and "cluster.json" in out.stdout
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    state = {"services": {"node-1": {"url": f"http://127.0.0.1:{port}", "pid": None}}}
+    (tmp_path / "cluster.json").write_text(json.dumps(state))
+    out = cli("status", "--data-dir", str(tmp_path))
+    assert out.returncode == 3, out.stdout
+    row = out.stdout.splitlines()[1].split()
+    assert row[:3] == ["node-1", f"http://127.0.0.1:{port}", "down"] and row[3:] == ["-"] * 4

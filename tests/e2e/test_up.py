@@ -150,8 +150,11 @@ def test_walkthrough(up: Up) -> None:
     assert any(f"metrics {up.node(1)}/metrics" in line for line in up.lines)
     status_cmd = [PYTHON, "-m", "chat_cluster", "status", "--data-dir", str(up.data)]
 
+    exit_codes: list[int] = []
+
     def table() -> dict[str, list[str]]:
         out = subprocess.run(status_cmd, capture_output=True, text=True, timeout=30)
+        exit_codes.append(out.returncode)
         return {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:]}
 
     rows = wait_until(
@@ -161,6 +164,7 @@ def test_walkthrough(up: Up) -> None:
     for i in (1, 2, 3):  # service, url, ready, applied, lag, lag_s, conns
         assert rows[f"node-{i}"][2:] == ["ready", "2", "0", "0.000", "0"], rows
     assert rows["archiver"][2] == "ready"
+    assert exit_codes[-1] == 0  # everything ready
 
     # kill -9 of node 2: the supervisor restarts it, it replays, turns ready, holds everything.
     old = up.pid("node-2")
