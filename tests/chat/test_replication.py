@@ -99,6 +99,9 @@ async def test_a_replaced_stream_is_a_new_epoch_everywhere(
     wait_until(lambda: history(a) == [(1, "new log")], what="only the new log")
     page = get_json(a.url + "/messages?channel=room")
     assert page["epoch"] == new_epoch
+    metrics = http("GET", a.url + "/metrics")[1].decode().splitlines()
+    assert "chat_replica_rebuilds_total 1" in metrics
+    assert 'chat_ws_closed_total{reason="log_replaced"} 1' in metrics
 
 
 async def test_concurrent_writers_through_many_nodes_converge_in_one_order(

@@ -156,6 +156,8 @@ async def test_slow_client_is_closed_with_1013_and_others_keep_going(procs: Node
             await ws.close()
     status, _ = await asyncio.to_thread(http, "GET", node.url + "/readyz")
     assert status == 200
+    _, metrics = await asyncio.to_thread(http, "GET", node.url + "/metrics")
+    assert 'chat_ws_closed_total{reason="overflow"} 1' in metrics.decode().splitlines()
 
 
 async def test_sigterm_closes_websockets_with_1001_and_exits(procs: NodeProcs) -> None:

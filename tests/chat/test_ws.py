@@ -143,3 +143,5 @@ def test_a_client_that_keeps_sending_bad_frames_is_closed_with_1008(node: Client
         with pytest.raises(WebSocketDisconnect) as info:
             recv(ws)
         assert info.value.code == 1008
+    # and /metrics counts it by reason
+    assert 'chat_ws_closed_total{reason="abuse"} 1' in node.get("/metrics").text.splitlines()
