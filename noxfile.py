@@ -26,11 +26,13 @@ def install(session: nox.Session, lock: str) -> None:
     session.install("--no-deps", "-e", ".")
 
 
-def build_natscli(session: nox.Session) -> None:
+def build_natscli(session: nox.Session, required: bool = False) -> None:
     """The real `nats` CLI, from its official Go module at a pinned version, when Go exists."""
     if (TOOLS / "nats").exists():
         return
     if shutil.which("go") is None:
+        if required:
+            session.error("Go is not installed: the `nats` CLI is built from " + NATSCLI)
         session.warn("Go is not installed: the `nats pub` test will be skipped")
         return
     TOOLS.mkdir(parents=True, exist_ok=True)
@@ -136,7 +138,7 @@ def up(session: nox.Session) -> None:
 @nox.session
 def natscli(session: nox.Session) -> None:
     """Build the `nats` CLI into .tools/bin (for `nats pub` by hand, as in the README)."""
-    build_natscli(session)
+    build_natscli(session, required=True)
     session.log(f"nats CLI: {TOOLS / 'nats'}")
 
 

@@ -18,8 +18,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from chat_cluster.natsserver import NatsServer, ServerConfig, checked_binary, free_port
-from chatlog import ChatLog, StreamSpec
+from chat_cluster.natsserver import NatsServer, ServerConfig, checked_binary
+from chat_cluster.processes import free_port
+from chatlog import ChatLog, LogSettings
 
 
 def ready(url: str) -> bool:
@@ -54,7 +55,7 @@ async def main(count: int) -> None:
     server.start()
     server.wait_ready()
     try:
-        log = await ChatLog.connect([server.config.url], name="bench", spec=StreamSpec())
+        log = await ChatLog.open(LogSettings(nats_urls=(server.config.url,)), "bench")
         await log.ensure_stream()
         text = b"x" * 200
         for start in range(0, count, 1000):

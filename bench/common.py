@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from chat_cluster.local import is_ready
-from chat_cluster.natsserver import NatsServer, ServerConfig, checked_binary, free_port
+from chat_cluster.natsserver import NatsServer, ServerConfig, checked_binary
+from chat_cluster.processes import free_port
 
 RESULTS = Path(__file__).parent / "results"
 

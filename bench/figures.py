@@ -11,7 +11,7 @@ import nats
 import websockets
 
 from bench.common import Figure, NodeProc, Sink, cpu_seconds, start_nats
-from chatlog import ChatLog, StreamSpec
+from chatlog import ChatLog, LogSettings
 
 TEXT = "x" * 200
 _rng = random.Random(7)
@@ -22,7 +22,7 @@ snapshot compression is not flattered."""
 
 
 async def fill(url: str, count: int, channels: int = 100, first: int = 0) -> None:
-    log = await ChatLog.connect([url], name="bench-fill", spec=StreamSpec(), timeout=30)
+    log = await ChatLog.open(LogSettings(nats_urls=(url,), publish_timeout=30), "bench-fill")
     await log.ensure_stream()
     payloads = [json.dumps({"text": text, "user": "bench"}).encode() for text in TEXTS]
     window = 2000
@@ -37,7 +37,7 @@ async def fill(url: str, count: int, channels: int = 100, first: int = 0) -> Non
 
 
 async def wait_for_snapshot(url: str, seq: int, timeout: float) -> None:
-    log = await ChatLog.connect([url], name="bench-snapshot", spec=StreamSpec())
+    log = await ChatLog.open(LogSettings(nats_urls=(url,)), "bench-snapshot")
     try:
         deadline = time.monotonic() + timeout
         while (meta := await log.snapshot_meta()) is None or meta.seq < seq:
@@ -276,7 +276,7 @@ async def write_throughput(work: Path, count: int) -> list[Figure]:
     for sync in (True, False):
         server = start_nats(work, sync_always=sync)
         try:
-            log = await ChatLog.connect([server.config.url], name="b", spec=StreamSpec())
+            log = await ChatLog.open(LogSettings(nats_urls=(server.config.url,)), "b")
             await log.ensure_stream()
             await log.close()
             node = NodeProc(server.config.url)
@@ -504,14 +504,15 @@ def _instrumentation_off(n: int = 100_000) -> tuple[float, float]:
     from chat.follower import Follower
     from chat.replica import Replica
     from chat.settings import NodeSettings
-    from chatlog import LogEntry
+    from chatlog import ChatLog, LogEntry
 
     payload = json.dumps({"text": TEXT, "user": "bench"}).encode()
     entries = [
         LogEntry(seq=i + 1, subject=f"chat.c{i % 100}", data=payload, stored_ns=i) for i in range(n)
     ]
     replica = Replica(8192)
-    follower = Follower(NodeSettings(), replica)
+    settings = NodeSettings()
+    follower = Follower(settings, replica, ChatLog(settings.log, "bench"))
     t0 = time.perf_counter()
     for i in range(0, n, 256):
         replica.apply(entries[i : i + 256])
@@ -529,7 +530,7 @@ async def telemetry_cost(work: Path, count: int) -> list[Figure]:
     sink = Sink()
     rates = {}
     try:
-        log = await ChatLog.connect([server.config.url], name="b", spec=StreamSpec())
+        log = await ChatLog.open(LogSettings(nats_urls=(server.config.url,)), "b")
         await log.ensure_stream()
         await log.close()
         for label, env in (

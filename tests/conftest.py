@@ -1,4 +1,5 @@
-"""Fixtures: real nats-server processes on free ports with temporary stores; never mocks."""
+"""Fixtures: real nats-server processes on free ports with temporary stores; never mocks.
+Helpers that test modules import are in ``tests/support.py``."""
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -7,25 +8,15 @@ import pytest
 from litestar.testing import TestClient
 
 from chat.app import create_app
-from chat.settings import NodeSettings
-from chat_cluster.local import Service
-from chat_cluster.natsserver import NatsServer, ServerConfig, checked_binary, free_port
-from chatlog import ChatLog, StreamSpec
-from tests.support import wait_until
+from chat_cluster.natsserver import NatsServer, checked_binary
+from chatlog import ChatLog
+from tests.support import NodeProcs, log_settings, node_settings, start_server, wait_until
 
 
 @pytest.fixture(scope="session")
 def nats_bin() -> Path:
     path, _ = checked_binary()
     return path
-
-
-def start_server(nats_bin: Path, workdir: Path, name: str = "t1") -> NatsServer:
-    config = ServerConfig(name, workdir / f"js-{name}", free_port(), free_port())
-    server = NatsServer(nats_bin, config, workdir)
-    server.start()
-    server.wait_ready()
-    return server
 
 
 @pytest.fixture
@@ -37,24 +28,10 @@ def nats(nats_bin: Path, tmp_path: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture
 async def chatlog(nats: NatsServer) -> AsyncIterator[ChatLog]:
-    log = await ChatLog.connect([nats.config.url], name="test", spec=StreamSpec(), timeout=3)
+    log = await ChatLog.open(log_settings(nats), "test")
     await log.ensure_stream()
     yield log
     await log.close()
-
-
-def node_settings(nats: NatsServer, **overrides: object) -> NodeSettings:
-    base: dict[str, object] = {
-        "node_id": "test-node",
-        "nats_urls": (nats.config.url,),
-        "heartbeat": 0.5,
-        "stall_after": 1.0,
-        "watchdog_interval": 0.25,
-        "publish_timeout": 3.0,
-        "grace": 2.0,
-    }
-    base.update(overrides)
-    return NodeSettings(**base)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -63,45 +40,6 @@ def node(nats: NatsServer) -> Iterator[TestClient]:  # type: ignore[type-arg]
     with TestClient(create_app(node_settings(nats))) as client:
         wait_until(lambda: client.get("/readyz").status_code == 200, what="node ready")
         yield client
-
-
-class NodeProcs:
-    """Chat nodes (and the archiver) as real processes, started as a user starts them."""
-
-    def __init__(self, nats: NatsServer, workdir: Path) -> None:
-        self._nats = nats
-        self._workdir = workdir
-        self.started: list[Service] = []
-
-    def node(self, name: str = "node", *extra: str, wait: bool = True) -> Service:
-        port = free_port()
-        args = [
-            "node",
-            "--nats-url",
-            self._nats.config.url,
-            "--port",
-            str(port),
-            "--node-id",
-            name,
-            *extra,
-        ]
-        return self._start(Service(name, args, port, self._workdir / f"{name}.log"), wait)
-
-    def archiver(self) -> Service:
-        port = free_port()
-        args = ["archiver", "--nats-url", self._nats.config.url, "--port", str(port)]
-        return self._start(Service("archiver", args, port, self._workdir / "archiver.log"), True)
-
-    def _start(self, service: Service, wait: bool) -> Service:
-        service.start()
-        self.started.append(service)
-        if wait:
-            wait_until(service.ready, timeout=30, what=f"{service.name} ready")
-        return service
-
-    def stop_all(self) -> None:
-        for service in self.started:
-            service.stop(10)
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""Helpers shared by the tests: waiting on conditions, real processes, HTTP over sockets."""
+"""Helpers shared by the tests: waiting on conditions, real processes, HTTP over sockets.
+
+Fixtures live in ``conftest.py``; everything a test module imports lives here.
+"""
 
 import asyncio
 import json
@@ -11,6 +14,12 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from chat.settings import NodeSettings
+from chat_cluster.local import Service
+from chat_cluster.natsserver import NatsServer, ServerConfig
+from chat_cluster.processes import free_port
+from chatlog import LogSettings, StreamSpec
 
 T = TypeVar("T")
 
@@ -96,3 +105,72 @@ def nats_cli() -> str | None:
 
 
 PYTHON = sys.executable
+
+
+def start_server(nats_bin: Path, workdir: Path, name: str = "t1") -> NatsServer:
+    """A standalone nats-server on free ports with its store under ``workdir``, ready."""
+    config = ServerConfig(name, workdir / f"js-{name}", free_port(), free_port())
+    server = NatsServer(nats_bin, config, workdir)
+    server.start()
+    server.wait_ready()
+    return server
+
+
+def log_settings(nats: NatsServer, **stream: Any) -> LogSettings:
+    """How the tests reach the log: short timeouts, so failures show quickly."""
+    return LogSettings(
+        nats_urls=(nats.config.url,), publish_timeout=3.0, stream=StreamSpec(**stream)
+    )
+
+
+def node_settings(nats: NatsServer, **overrides: Any) -> NodeSettings:
+    """An in-process node's settings, with the watchdog and heartbeats made quick."""
+    base: dict[str, Any] = {
+        "node_id": "test-node",
+        "log": log_settings(nats),
+        "heartbeat": 0.5,
+        "stall_after": 1.0,
+        "watchdog_interval": 0.25,
+        "grace": 2.0,
+    }
+    base.update(overrides)
+    return NodeSettings(**base)
+
+
+class NodeProcs:
+    """Chat nodes (and the archiver) as real processes, started as a user starts them."""
+
+    def __init__(self, nats: NatsServer, workdir: Path) -> None:
+        self._nats = nats
+        self._workdir = workdir
+        self.started: list[Service] = []
+
+    def node(self, name: str = "node", *extra: str, wait: bool = True) -> Service:
+        port = free_port()
+        args = [
+            "node",
+            "--nats-url",
+            self._nats.config.url,
+            "--port",
+            str(port),
+            "--node-id",
+            name,
+            *extra,
+        ]
+        return self._start(Service(name, args, port, self._workdir / f"{name}.log"), wait)
+
+    def archiver(self) -> Service:
+        port = free_port()
+        args = ["archiver", "--nats-url", self._nats.config.url, "--port", str(port)]
+        return self._start(Service("archiver", args, port, self._workdir / "archiver.log"), True)
+
+    def _start(self, service: Service, wait: bool) -> Service:
+        service.start()
+        self.started.append(service)
+        if wait:
+            wait_until(service.ready, timeout=30, what=f"{service.name} ready")
+        return service
+
+    def stop_all(self) -> None:
+        for service in self.started:
+            service.stop(10)

@@ -1,4 +1,4 @@
-"""The archiver's REST routes."""
+"""The archiver's REST routes. Errors reach clients through the one set of handlers."""
 
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -11,10 +11,8 @@ from litestar.response import Stream
 
 from archiver.reader import Reader
 from chatlog import LogError, check_channel
-from servicekit.errors import from_log_error
-from servicekit.wire import ChannelInfo, MessagesPage
-
-MAX_LIMIT = 1000
+from servicekit.errors import problem_of
+from servicekit.shapes import PAGE_DEFAULT, PAGE_MAX, ChannelInfo, MessagesPage, Problem
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -22,23 +20,16 @@ class Health(msgspec.Struct, frozen=True):
     connected: bool
 
 
-def _channel(name: str) -> str:
-    try:
-        return check_channel(name)
-    except LogError as exc:
-        raise from_log_error(exc) from exc
-
-
 @get("/healthz", sync_to_thread=False)
 def healthz(state: State) -> Health:
     reader: Reader = state.reader
-    return Health(status="ok", connected=reader.chatlog is not None and reader.chatlog.connected)
+    return Health(status="ok", connected=reader.chatlog.connected)
 
 
 @get("/readyz", sync_to_thread=False)
 def readyz(state: State) -> Response[Health]:
     reader: Reader = state.reader
-    ok = reader.ready and reader.chatlog is not None and reader.chatlog.connected
+    ok = reader.ready and reader.chatlog.connected
     return Response(Health("ready" if ok else "not_ready", ok), status_code=200 if ok else 503)
 
 
@@ -47,15 +38,12 @@ async def channel_messages(
     state: State,
     channel: FromPath[str],
     after: Annotated[int, QueryParameter(ge=0)] = 0,
-    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 100,
+    limit: Annotated[int, QueryParameter(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
 ) -> MessagesPage:
     reader: Reader = state.reader
-    _channel(channel)
-    try:
-        info = await reader.log().info()
-        records, _ = await reader.page(channel, after, limit, info.max_text)
-    except LogError as exc:
-        raise from_log_error(exc) from exc
+    check_channel(channel)
+    info = await reader.chatlog.info()
+    records, _ = await reader.chatlog.read_records(channel, after, limit, info.max_text)
     return MessagesPage(
         channel=channel,
         epoch=info.epoch,
@@ -67,21 +55,15 @@ async def channel_messages(
 @get("/channels")
 async def channels(state: State) -> list[ChannelInfo]:
     reader: Reader = state.reader
-    try:
-        stats = await reader.log().channel_stats()
-    except LogError as exc:
-        raise from_log_error(exc) from exc
+    stats = await reader.chatlog.channel_stats()
     return [ChannelInfo(s.channel, s.count, s.last_seq) for s in stats]
 
 
 @get("/export/{channel:str}")
 async def export(state: State, channel: FromPath[str]) -> Stream:
     reader: Reader = state.reader
-    _channel(channel)
-    try:
-        info = await reader.log().info()
-    except LogError as exc:
-        raise from_log_error(exc) from exc
+    check_channel(channel)
+    info = await reader.chatlog.info()
 
     async def lines() -> AsyncIterator[bytes]:
         try:
@@ -89,8 +71,8 @@ async def export(state: State, channel: FromPath[str]) -> Stream:
                 yield line
         except LogError as exc:
             # Headers are gone already: end the body with an error line a reader can see.
-            problem = from_log_error(exc)
-            yield msgspec.json.encode({"error": problem.code, "detail": problem.detail}) + b"\n"
+            problem = problem_of(exc)
+            yield msgspec.json.encode(Problem(problem.code, problem.detail)) + b"\n"
 
     return Stream(lines(), media_type="application/x-ndjson")
 

@@ -1,6 +1,5 @@
 """The archiver's app factory."""
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -11,26 +10,27 @@ import telemetry
 from archiver.api import ROUTES
 from archiver.reader import Reader
 from archiver.settings import ArchiverSettings
-from servicekit.http import EXCEPTION_HANDLERS
+from chatlog import ChatLog
+from servicekit.problems import EXCEPTION_HANDLERS
+from servicekit.tasks import Background
 from telemetry import Telemetry
 from telemetry.http import metrics, middleware
 
 
 def create_app(settings: ArchiverSettings, telemetry_: Telemetry | None = None) -> Litestar:
     tele = telemetry_ or telemetry.start("archiver", f"{settings.host}:{settings.port}", {})
-    reader = Reader(settings)
+    chatlog = ChatLog(settings.log, name="archiver")
+    reader = Reader(chatlog, settings.export_page)
+    background = Background()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        task = asyncio.create_task(reader.run(), name="archiver connect")
+        background.start("archiver startup", reader.run())
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if reader.chatlog is not None:
-                await reader.chatlog.close()
+            await background.stop()
+            await chatlog.close()
             tele.shutdown()
 
     return Litestar(

@@ -1,15 +1,20 @@
-"""The archiver's settings, read once at the entry point and passed down."""
+"""The archiver's settings: every default, flag and environment variable of the archiver."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from chatlog import StreamSpec
+from chatlog import LogSettings
+from options import nested, port, setting
+from servicekit.logs import log_level
 
 
 @dataclass(frozen=True)
 class ArchiverSettings:
-    host: str = "127.0.0.1"
-    port: int = 8100
-    nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
-    stream: StreamSpec = field(default_factory=StreamSpec)
-    timeout: float = 5.0
+    host: str = setting("127.0.0.1", flag="--host", env="HOST", help="address to listen on")
+    port: int = setting(8100, flag="--port", env="PORT", parse=port, help="port to listen on")
+    log_level: str = setting(
+        "INFO", flag="--log-level", env="LOG_LEVEL", parse=log_level,
+        help="log level (JSON lines when stderr is not a terminal)",
+    )  # fmt: skip
+    log: LogSettings = nested(LogSettings)
     export_page: int = 500
+    """Records read from the log per Direct Get batch while exporting."""

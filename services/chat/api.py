@@ -1,4 +1,8 @@
-"""REST routes of a chat node. Reads come from the replica; sends go through the log."""
+"""REST routes of a chat node. Reads come from the replica; sends go through the log.
+
+Errors are raised, never answered here: ServiceError and the log's errors reach the
+client through the one set of exception handlers (:mod:`servicekit.problems`).
+"""
 
 from typing import Annotated
 
@@ -9,26 +13,19 @@ from litestar.datastructures import State
 from litestar.params import FromQuery, QueryParameter
 
 from chat import history
-from chat.follower import Follower
-from chat.replica import Replica
-from chat.settings import NodeSettings
+from chat.node import Node
 from chat.wire import Progress, SendResult, send_decoder
-from chat.writes import Writer
-from chat.ws import CLOSE_GOING_AWAY, Hub, Session
-from chatlog import DEFAULT_CHANNEL, LogError, check_channel
-from servicekit.errors import ServiceError, bad_request, from_log_error
-from servicekit.wire import ChannelInfo, MessagesPage
-
-MAX_LIMIT = 1000
+from chat.ws import CLOSE_GOING_AWAY, Session
+from chatlog import DEFAULT_CHANNEL, check_channel
+from servicekit.errors import ServiceError, bad_request
+from servicekit.shapes import PAGE_DEFAULT, PAGE_MAX, ChannelInfo, MessagesPage
 
 
-def _progress(state: State, status: str) -> Progress:
-    settings: NodeSettings = state.settings
-    follower: Follower = state.follower
-    replica: Replica = state.replica
+def _progress(node: Node, status: str) -> Progress:
+    replica, follower = node.replica, node.follower
     return Progress(
         status=status,
-        node_id=settings.node_id,
+        node_id=node.settings.node_id,
         applied=replica.applied,
         target=follower.target,
         epoch=replica.epoch,
@@ -40,17 +37,22 @@ def _progress(state: State, status: str) -> Progress:
 
 
 @get("/healthz", sync_to_thread=False)
-def healthz(state: State) -> Progress:
-    return _progress(state, "ok")
+def healthz(state: State) -> Response[Progress]:
+    """Liveness: 503 once the follower has ended (a bug: it only ends when cancelled at
+    shutdown), because only a restart gives such a node a live replica again."""
+    node: Node = state.node
+    alive = node.follower.alive
+    return Response(
+        _progress(node, "ok" if alive else "follower_stopped"), status_code=200 if alive else 503
+    )
 
 
 @get("/readyz", sync_to_thread=False)
 def readyz(state: State) -> Response[Progress]:
-    follower: Follower = state.follower
-    hub: Hub = state.hub
-    ready = follower.ready and not hub.draining
+    node: Node = state.node
+    ready = node.ready
     return Response(
-        _progress(state, "ready" if ready else "not_ready"), status_code=200 if ready else 503
+        _progress(node, "ready" if ready else "not_ready"), status_code=200 if ready else 503
     )
 
 
@@ -59,23 +61,20 @@ async def list_messages(
     state: State,
     channel: FromQuery[str] = DEFAULT_CHANNEL,
     after: Annotated[int, QueryParameter(ge=0)] = 0,
-    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 100,
+    limit: Annotated[int, QueryParameter(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
     min_seq: Annotated[int | None, QueryParameter(ge=0)] = None,
 ) -> MessagesPage:
-    replica: Replica = state.replica
-    settings: NodeSettings = state.settings
-    try:
-        check_channel(channel)
-    except LogError as exc:
-        raise from_log_error(exc) from exc
-    if min_seq is not None and not await replica.wait_applied(min_seq, settings.min_seq_wait):
+    node: Node = state.node
+    replica = node.replica
+    check_channel(channel)
+    wait = node.settings.min_seq_wait
+    if min_seq is not None and not await replica.wait_applied(min_seq, wait):
         raise ServiceError(
             503,
             "not_caught_up",
-            f"seq {min_seq} not applied within {settings.min_seq_wait}s"
-            f" (applied {replica.applied})",
+            f"seq {min_seq} not applied within {wait}s (applied {replica.applied})",
         )
-    page = await history.read(replica, state.follower, channel, after, limit)
+    page = await history.read(replica, node.chatlog, channel, after, limit)
     return MessagesPage(
         channel=channel,
         epoch=replica.epoch or "",
@@ -93,30 +92,28 @@ async def send_message(request: Request[object, object, State], state: State) ->
         raise bad_request("invalid_field", str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise bad_request("invalid_json", "body is not a JSON object") from exc
-    writer: Writer = state.writer
-    return await writer.send(req.channel, req.text, req.id, req.user, req.sent_at)
+    node: Node = state.node
+    return await node.writer.send(req.channel, req.text, req.id, req.user, req.sent_at)
 
 
 @get("/channels", sync_to_thread=False)
 def list_channels(state: State) -> list[ChannelInfo]:
-    replica: Replica = state.replica
+    node: Node = state.node
     return [
         ChannelInfo(channel=name, count=log.total, last_seq=log.last_seq)
-        for name, log in sorted(replica.channels.items())
+        for name, log in sorted(node.replica.channels.items())
     ]
 
 
 @websocket("/ws")
 async def ws_endpoint(socket: WebSocket[object, object, State]) -> None:
-    state = socket.app.state
-    hub: Hub = state.hub
+    node: Node = socket.app.state.node
+    hub = node.hub
     await socket.accept()
     if hub.draining:
         await socket.close(CLOSE_GOING_AWAY, "node shutting down")
         return
-    session = Session(
-        socket, state.replica, state.writer, state.settings, state.follower, hub.stats
-    )
+    session = Session(socket, node.replica, node.writer, node.settings, node.chatlog, hub.stats)
     hub.sessions.add(session)
     try:
         await session.run()

@@ -17,8 +17,9 @@ from opentelemetry.trace import SpanKind
 from chat import snapshot
 from chat.replica import Replica
 from chat.settings import NodeSettings
-from chatlog import ChatLog, LogEntry, LogError, LogInfo, LogUnavailable, Tail, TailBroken
+from chatlog import ChatLog, LogEntry, LogError, LogInfo, Tail, TailBroken
 from chatlog.names import channel_of
+from chatlog.retry import FOLLOW, SERVICE, Backoff, retry
 from telemetry import context_of
 
 log = logging.getLogger("chat.follower")
@@ -30,36 +31,48 @@ RECONNECT_AFTER = 3
 
 
 class Follower:
-    def __init__(self, settings: NodeSettings, replica: Replica) -> None:
+    """The owner of the replica's state: applies the log to it, for as long as it runs."""
+
+    def __init__(self, settings: NodeSettings, replica: Replica, chatlog: ChatLog) -> None:
         self._settings = settings
         self._replica = replica
-        self.chatlog: ChatLog | None = None
+        self._chatlog = chatlog
+        self.alive = False
+        """True while ``run`` runs: a node whose follower has ended serves a frozen replica
+        and must not say it is ready."""
         self.target = 0
         """The stream's last seq when the current epoch was bootstrapped: readiness."""
         self.resets = 0
         self.stream_last_seq = 0
         """The stream's last seq as last seen (bootstrap, then the watchdog every second)."""
-        self.reconnects = 0
         self.snapshot_seq = 0
         """The seq of the snapshot the current epoch started from; 0 for a full replay."""
-        self._reconnected = False
 
     @property
     def connected(self) -> bool:
-        return self.chatlog is not None and self.chatlog.connected
+        return self._chatlog.connected
 
     @property
     def ready(self) -> bool:
+        """Connected, caught up with the stream once, and still following it."""
         return (
-            self.connected
+            self.alive
+            and self.connected
             and self._replica.epoch is not None
             and self._replica.applied >= self.target
         )
 
     async def run(self) -> None:
         """The owner task: runs until cancelled."""
-        self.chatlog = await self._connect()
-        backoff = 0.1
+        self.alive = True
+        try:
+            await retry(self._chatlog.connect, SERVICE, "connect to NATS")
+            await self._follow_for_ever()
+        finally:
+            self.alive = False
+
+    async def _follow_for_ever(self) -> None:
+        backoff = Backoff(FOLLOW)
         failures = 0
         while True:
             applied = self._replica.applied
@@ -68,16 +81,16 @@ class Follower:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not isinstance(exc, TailBroken | LogError):
+                if not isinstance(exc, LogError):
                     # Not expected, so say everything about it; then do what is always
                     # safe: start again from applied+1. A follower that died here would
-                    # leave the node serving a frozen replica while it looked healthy.
+                    # leave the node serving a frozen replica.
                     log.exception("unexpected error while following the log")
                 self.resets += 1
                 progressed = self._replica.applied > applied
                 failures = 1 if progressed else failures + 1
                 if progressed:
-                    backoff = 0.1  # a tail that worked for a while earns a quick retry
+                    backoff.reset()  # a tail that worked for a while earns a quick retry
                 log.warning(
                     "consumer reset (%s); resuming from seq %d",
                     exc, self._replica.applied + 1,
@@ -87,51 +100,20 @@ class Follower:
                     # The server we are attached to may be the one that is cut off, or still
                     # catching up after a partition (it answers, but JetStream is unavailable
                     # there). A new connection picks a server at random.
-                    await self._reconnect()
+                    log.warning("%d consumer resets in a row: reconnecting", RECONNECT_AFTER)
+                    await retry(self._chatlog.reconnect, SERVICE, "reconnect to NATS")
                     failures = 0
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-
-    async def _connect(self) -> ChatLog:
-        backoff = 0.1
-        while True:
-            try:
-                return await ChatLog.connect(
-                    list(self._settings.nats_urls),
-                    name=f"chat-node {self._settings.node_id}",
-                    spec=self._settings.stream,
-                    timeout=self._settings.publish_timeout,
-                    api_timeout=self._settings.api_timeout,
-                    on_event=self._on_nats_event,
-                )
-            except LogUnavailable as exc:
-                log.warning("%s; retrying", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-
-    async def _reconnect(self) -> None:
-        old, self.chatlog = self.chatlog, None
-        log.warning("%d consumer resets in a row: reconnecting to NATS", RECONNECT_AFTER)
-        self.chatlog = await self._connect()
-        self.reconnects += 1
-        if old is not None:
-            await old.close()
-
-    def _on_nats_event(self, kind: str) -> None:
-        if kind == "reconnected":
-            self._reconnected = True
-            self.reconnects += 1
+                await backoff.wait()
 
     async def _bootstrap_and_follow(self) -> None:
-        assert self.chatlog is not None
         # Every (re)start checks the stream: a deleted stream is created again, and a
         # stream with a new creation time is a new log that replaces everything we hold.
-        info = await self.chatlog.ensure_stream()
+        info = await self._chatlog.ensure_stream()
         self.stream_last_seq = info.last_seq
         if info.epoch != self._replica.epoch:
             # Fetched before the reset: reset and restore then happen with no await between
             # them, so a WebSocket cannot join the new epoch half-way through the restore.
-            state = await snapshot.fetch(self.chatlog, info)
+            state = await snapshot.fetch(self._chatlog, info)
             self._replica.reset(info.epoch, info.max_text)
             self.snapshot_seq = 0
             if state is not None:
@@ -145,14 +127,13 @@ class Follower:
                 info.epoch, info.last_seq, self._replica.applied + 1,
                 extra={"seq": self._replica.applied + 1, "epoch": info.epoch},
             )  # fmt: skip
-        self._reconnected = False
-        async with self.chatlog.tail(self._replica.applied + 1, self._settings.heartbeat) as tail:
-            await self._follow(tail)
+        reconnects = self._chatlog.reconnects
+        async with self._chatlog.tail(self._replica.applied + 1, self._settings.heartbeat) as tail:
+            await self._follow(tail, reconnects)
 
     async def refresh(self) -> LogInfo:
         """Look at the stream now: its last seq is what the lag metrics compare with."""
-        assert self.chatlog is not None
-        info = await self.chatlog.info()
+        info = await self._chatlog.info()
         self.stream_last_seq = info.last_seq
         return info
 
@@ -189,8 +170,7 @@ class Follower:
             deliver.end(end_time=ended)
             apply.end(end_time=ended)
 
-    async def _follow(self, tail: Tail) -> None:
-        assert self.chatlog is not None
+    async def _follow(self, tail: Tail, reconnects: int) -> None:
         settings = self._settings
         was_ready = self.ready
         now = time.monotonic()
@@ -216,7 +196,8 @@ class Follower:
                     self._replica.applied, self._replica.epoch,
                     extra={"seq": self._replica.applied, "epoch": self._replica.epoch},
                 )  # fmt: skip
-            if self._reconnected:
+            if self._chatlog.reconnects != reconnects:
+                # The consumer may not have survived the reconnection: start a new one.
                 raise TailBroken("reconnected to NATS")
             if now >= next_check:
                 next_check = now + settings.watchdog_interval

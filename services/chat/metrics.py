@@ -1,10 +1,9 @@
-"""The chat node's metrics (OpenTelemetry instruments, rendered on ``/metrics``).
+"""The chat node's observed metrics (OpenTelemetry instruments, rendered on ``/metrics``).
 
-Almost everything is observed at scrape time from state the node keeps anyway
+Everything here is observed at scrape time from state the node keeps anyway
 (applied seq, counters in the replica, follower and hub), so the apply and
-delivery paths pay nothing for metrics. Only the send path records directly: a
-publish latency histogram and error/duplicate counters. Each metric, and what to
-alert on, is in docs/observability.md.
+delivery paths pay nothing for metrics. The send path's instruments are in
+:mod:`chat.writes`. Each metric, and what to alert on, is in docs/observability.md.
 """
 
 import time
@@ -12,19 +11,15 @@ from collections.abc import Iterable
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from chat.follower import Follower
-from chat.replica import Replica
-from chat.ws import Hub
-
-# Sends wait for an fsync on R3: from about a millisecond to the 5 s publish timeout.
-PUBLISH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+from chat.node import Node
 
 
 class NodeMetrics:
-    def __init__(self, meter: Meter, replica: Replica, follower: Follower, hub: Hub) -> None:
-        self._replica = replica
-        self._follower = follower
-        self._hub = hub
+    def __init__(self, meter: Meter, node: Node) -> None:
+        self._node = node
+        self._replica = node.replica
+        self._follower = node.follower
+        self._hub = node.hub
         gauge, counter = meter.create_observable_gauge, meter.create_observable_counter
 
         gauge("chat.replica.applied_seq", [self._applied_seq], "{seq}",
@@ -59,19 +54,6 @@ class NodeMetrics:
                 "WebSockets closed by the node, by reason (overflow = 1013, abuse = 1008, "
                 "going_away = 1001, log_replaced = 1012)")  # fmt: skip
 
-        self.publish_duration = meter.create_histogram(
-            "chat.publish.duration",
-            unit="s",
-            description="From publish to PubAck (JetStream stored it), successful sends",
-            explicit_bucket_boundaries_advisory=PUBLISH_BUCKETS,
-        )
-        self.publish_errors = meter.create_counter(
-            "chat.publish.errors", "{error}", "Failed sends, by error kind"
-        )
-        self.publish_duplicates = meter.create_counter(
-            "chat.publish.duplicates", "{message}", "Sends the log recognised as duplicates"
-        )
-
     def _applied_seq(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self._replica.applied)
 
@@ -91,7 +73,7 @@ class NodeMetrics:
         # else: behind with nothing applied yet; no honest number, so no point
 
     def _ready(self, _: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(int(self._follower.ready and not self._hub.draining))
+        yield Observation(int(self._node.ready))
 
     def _connected(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(int(self._follower.connected))
@@ -110,7 +92,7 @@ class NodeMetrics:
         yield Observation(self._follower.resets)
 
     def _reconnects(self, _: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(self._follower.reconnects)
+        yield Observation(self._node.chatlog.reconnects)
 
     def _connections(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(len(self._hub.sessions))

@@ -1,38 +1,70 @@
-"""A chat node's settings, read once at the entry point and passed down."""
+"""A chat node's settings: every default, flag and environment variable of a node is here.
 
-from dataclasses import dataclass, field
+Read once at the entry point (``options.build``) and passed down.
+"""
 
-from chatlog import StreamSpec
+from dataclasses import dataclass
+
+from chatlog import LogSettings
+from options import nested, non_negative_int, port, positive_float, positive_int, setting
+from servicekit.logs import log_level
+
+
+def keep(raw: str) -> int | None:
+    value = int(raw)
+    if value == 0:
+        return None
+    if value < 100:
+        raise ValueError("must be 0 (hold everything) or >= 100 (a join shows the last 100)")
+    return value
 
 
 @dataclass(frozen=True)
 class NodeSettings:
-    node_id: str = "node-1"
-    host: str = "127.0.0.1"
-    port: int = 8001
-    nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
-    stream: StreamSpec = field(default_factory=StreamSpec)
-    publish_timeout: float = 5.0
-    api_timeout: float = 2.0
-    """Stream info and consumer creation; short, so the watchdog recovers quickly."""
+    node_id: str = setting(
+        "", flag="--node-id", env="NODE_ID", help="this node's name in logs, metrics and /readyz",
+        shown="hostname:port",
+    )  # fmt: skip
+    host: str = setting("127.0.0.1", flag="--host", env="HOST", help="address to listen on")
+    port: int = setting(8001, flag="--port", env="PORT", parse=port, help="port to listen on")
+    log_level: str = setting(
+        "INFO", flag="--log-level", env="LOG_LEVEL", parse=log_level,
+        help="log level (JSON lines when stderr is not a terminal)",
+    )  # fmt: skip
+    log: LogSettings = nested(LogSettings)
+    grace: float = setting(
+        10.0, flag="--grace", env="GRACE_SECONDS", parse=positive_float,
+        help="seconds SIGTERM waits for WebSockets to close with 1001",
+    )  # fmt: skip
+    ws_queue: int = setting(
+        1024, flag="--ws-queue", env="WS_QUEUE", parse=positive_int,
+        help="frames a WebSocket may have waiting before it is closed with 1013",
+    )  # fmt: skip
+    keep_per_channel: int | None = setting(
+        None, flag="--keep-per-channel", env="KEEP_PER_CHANNEL", parse=keep,
+        help="hold only the newest N (>= 100) records per channel in memory; older pages "
+        "are read from the log; 0 holds everything",
+        shown="0 (hold everything)",
+    )  # fmt: skip
+    snapshot_every: int = setting(
+        100_000, flag="--snapshot-every", env="SNAPSHOT_EVERY", parse=non_negative_int,
+        help="save a replica snapshot each time the log grows by N messages, so new nodes "
+        "replay only the tail; 0 never saves",
+    )  # fmt: skip
+    min_seq_wait: float = setting(
+        5.0, flag="--min-seq-wait", env="MIN_SEQ_WAIT", parse=positive_float,
+        help="seconds a read with min_seq waits for that seq before 503 not_caught_up",
+    )  # fmt: skip
+
+    # Tunables without a flag: tests shorten them; production has no reason to.
     heartbeat: float = 1.0
     """Idle heartbeat of the replica's consumer; three missed ones reset it."""
     stall_after: float = 2.0
     """Reset the consumer when the stream is ahead and nothing was applied for this long."""
     watchdog_interval: float = 1.0
-    min_seq_wait: float = 5.0
-    ws_queue: int = 1024
-    """Frames a WebSocket may have waiting before it is closed with 1013."""
     ws_max_channels: int = 100
     ws_bad_frames: int = 10
     """Consecutive bad frames before a WebSocket is closed with 1008."""
     ws_inflight_sends: int = 256
     ws_close_timeout: float = 10.0
-    keep_per_channel: int | None = None
-    """Hold only the newest N records of each channel (older pages come from the log)."""
-    snapshot_every: int = 100_000
-    """Save a snapshot when the log has moved this many messages past the newest one (0: never).
-    Only nodes that hold everything save; every node loads the newest at bootstrap."""
     snapshot_interval: float = 10.0
-    grace: float = 10.0
-    """Seconds a SIGTERM waits for WebSockets to close (1001) before the process exits."""

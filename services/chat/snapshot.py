@@ -1,4 +1,5 @@
-"""Snapshots of a replica: the codec, the loader a new node uses, and the periodic saver.
+"""Snapshots of a replica: the codec, and the loader a new node uses (the saver is in
+:mod:`chat.saver`).
 
 A snapshot is the replica's whole state after applying every seq up to ``seq``
 of one epoch. Loading it and tailing from seq+1 must give exactly the state a
@@ -12,12 +13,10 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
-import random
 import sys
 import time
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable
 
 import msgspec
 
@@ -211,70 +210,3 @@ async def fetch(chatlog: ChatLog, info: LogInfo) -> ReplicaState | None:
             meta.seq, len(body), time.monotonic() - started,
         )  # fmt: skip
     return state
-
-
-class Saver:
-    """Saves a snapshot whenever the stream has moved ``every`` messages past the newest one.
-
-    Any node holding everything may save; whichever saves last wins, and every
-    candidate is a valid state of the same log. Jitter keeps nodes from all
-    encoding the same seq at once.
-    """
-
-    def __init__(
-        self,
-        chatlog_of: Callable[[], ChatLog | None],
-        ready: Callable[[], bool],
-        replica: Replica,
-        every: int,
-    ) -> None:
-        self._chatlog_of = chatlog_of
-        self._ready = ready
-        self._replica = replica
-        self._every = every
-        self._newest: tuple[str | None, int] = (None, 0)
-
-    async def run(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval * random.uniform(0.5, 1.5))
-            try:
-                await self.maybe_save()
-            except LogError as exc:
-                log.warning("snapshot not saved: %s", exc)
-            except Exception:
-                # Saving is an optimisation: an error here must not end the saver, nor
-                # anything else; the next round tries again.
-                log.exception("snapshot not saved: unexpected error")
-
-    async def maybe_save(self) -> bool:
-        replica = self._replica
-        chatlog = self._chatlog_of()
-        if chatlog is None or replica.epoch is None or replica.keep is not None:
-            return False
-        if not self._ready():
-            return False  # catching up: saving now would only slow that down
-        if self._newest[0] != replica.epoch:
-            self._newest = (replica.epoch, 0)
-        if replica.applied - self._newest[1] < self._every:
-            return False
-        meta = await chatlog.snapshot_meta()
-        if meta is not None and meta.epoch == replica.epoch and meta.format == FORMAT:
-            self._newest = (meta.epoch, max(self._newest[1], meta.seq))
-            if replica.applied - meta.seq < self._every:
-                return False  # another node saved one recently
-        started = time.monotonic()
-        captured = await capture_live(replica)
-        if captured is None:
-            return False  # the log was replaced meanwhile
-        meta, body = captured
-        encoded = time.monotonic()
-        await chatlog.save_snapshot(meta, body)
-        size = len(body)
-        del body
-        give_back_memory()
-        self._newest = (meta.epoch, meta.seq)
-        log.info(
-            "saved snapshot of seq %d (%d bytes; encode %.2fs, compress and upload %.2fs)",
-            meta.seq, size, encoded - started, time.monotonic() - encoded,
-        )  # fmt: skip
-        return True

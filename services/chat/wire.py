@@ -2,6 +2,7 @@
 
 import msgspec
 
+from chatlog.names import DEFAULT_CHANNEL
 from chatlog.records import MessageId, Text, Timestamp, UserName
 
 
@@ -9,7 +10,7 @@ class SendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``POST /messages``. ``user`` will come from a signed token once auth exists."""
 
     text: Text
-    channel: str = "default-channel"
+    channel: str = DEFAULT_CHANNEL
     id: MessageId | None = None
     user: UserName | None = None
     sent_at: Timestamp | None = None

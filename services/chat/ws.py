@@ -18,7 +18,6 @@ import msgspec
 from litestar import WebSocket
 
 from chat import history
-from chat.follower import Follower
 from chat.replica import Replica
 from chat.settings import NodeSettings
 from chat.wire import (
@@ -34,8 +33,8 @@ from chat.wire import (
     message_frame,
 )
 from chat.writes import Writer
-from chatlog import InvalidInput, check_channel
-from servicekit.errors import ServiceError
+from chatlog import ChatLog, LogError, check_channel
+from servicekit.errors import ServiceError, problem_of
 
 log = logging.getLogger("chat.ws")
 
@@ -53,6 +52,12 @@ CLOSE_REASONS = {
     CLOSE_RESTART: "log_replaced",
     CLOSE_TRY_AGAIN: "overflow",
 }
+
+
+def error_frame(exc: ServiceError | LogError, msg_id: str | None) -> ErrorFrame:
+    """The WebSocket's one translation of an error: the same code and detail as over HTTP."""
+    problem = problem_of(exc)
+    return ErrorFrame(code=problem.code, detail=problem.detail, id=msg_id)
 
 
 class WsStats:
@@ -85,12 +90,12 @@ class Session:
         replica: Replica,
         writer: Writer,
         settings: NodeSettings,
-        follower: Follower,
+        chatlog: ChatLog,
         stats: WsStats,
     ) -> None:
         self._ws = socket
         self._stats = stats
-        self._follower = follower
+        self._chatlog = chatlog
         self._replica = replica
         self._writer = writer
         self._settings = settings
@@ -193,9 +198,10 @@ class Session:
                 # (the replica may have dropped more while we were awaiting).
                 try:
                     old = await history.read(
-                        self._replica, self._follower, sub.channel, sub.cursor, PAGE
+                        self._replica, self._chatlog, sub.channel, sub.cursor, PAGE
                     )
-                except ServiceError as exc:
+                except LogError as exc:
+                    # The client resumes with `after` elsewhere or later: nothing is skipped.
                     self.close(CLOSE_TRY_AGAIN, f"history unavailable: {exc.detail}"[:120])
                     return
                 for seq, record_json in old:
@@ -229,10 +235,10 @@ class Session:
         try:
             frame = frame_decoder.decode(data)
         except msgspec.ValidationError as exc:
-            self._bad("invalid_frame", str(exc))
+            self._bad(ErrorFrame(code="invalid_frame", detail=str(exc)))
             return
         except msgspec.DecodeError:
-            self._bad("invalid_json", "frame is not a JSON object")
+            self._bad(ErrorFrame(code="invalid_json", detail="frame is not a JSON object"))
             return
         try:
             if isinstance(frame, Join):
@@ -245,16 +251,13 @@ class Session:
                 task = asyncio.create_task(self._send(frame))
                 self._sends.add(task)
                 task.add_done_callback(self._sent)
-        except ServiceError as exc:
-            self._bad(exc.code, exc.detail, getattr(frame, "id", None))
-            return
-        except InvalidInput as exc:
-            self._bad(exc.code, exc.detail, getattr(frame, "id", None))
+        except (ServiceError, LogError) as exc:
+            self._bad(error_frame(exc, getattr(frame, "id", None)))
             return
         self._bad_in_a_row = 0
 
-    def _bad(self, code: str, detail: str, msg_id: str | None = None) -> None:
-        self._queue(ErrorFrame(code=code, detail=detail, id=msg_id))
+    def _bad(self, frame: ErrorFrame) -> None:
+        self._queue(frame)
         self._bad_in_a_row += 1
         if self._bad_in_a_row >= self._settings.ws_bad_frames:
             self.close(CLOSE_POLICY, f"{self._bad_in_a_row} bad frames in a row")
@@ -291,8 +294,8 @@ class Session:
             result = await self._writer.send(
                 frame.channel, frame.text, frame.id, frame.user, frame.sent_at
             )
-        except ServiceError as exc:
-            self._queue(ErrorFrame(code=exc.code, detail=exc.detail, id=frame.id))
+        except (ServiceError, LogError) as exc:
+            self._queue(error_frame(exc, frame.id))
         else:
             self._queue(Ack(id=result.id, seq=result.seq, duplicate=result.duplicate))
 

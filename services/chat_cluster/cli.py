@@ -1,127 +1,145 @@
-"""``chat-cluster``: up, status, node, archiver, ensure-stream, send, tail, nats-server."""
+"""``chat-cluster``: up, down, status, node, archiver, ensure-stream, send, tail, nats-server.
+
+Every flag of the services comes from their settings dataclasses (:mod:`options`):
+``--help`` shows each default and its environment variable.
+"""
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from chat_cluster import client, config
+import options
+from archiver.settings import ArchiverSettings
+from chat.settings import NodeSettings
 from chat_cluster.natsserver import NatsServerError, checked_binary, resolve_binary
+from chat_cluster.settings import ClientSettings, DirSettings, UpSettings
+from chatlog import LogError, LogSettings, StreamConflict
+from options import ConfigError
+
+ENSURE_TIMEOUT = 120.0
 
 
-def _parser() -> argparse.ArgumentParser:
-    env = config.environ()
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat-cluster", description="A chat service replicated through NATS JetStream."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="run NATS, the archiver and N chat nodes on this machine")
-    up.add_argument("--nodes", type=int, default=3, help="chat nodes to start (default 3)")
-    up.add_argument(
-        "--base-port",
-        type=int,
-        default=None,
-        help="move every port: nodes B+1.., archiver B+100, NATS B+200.. "
-        "(default: nodes 8001.., archiver 8100, NATS 4222)",
+    def command(name: str, help: str, settings: type | None = None) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help, description=help)
+        if settings is not None:
+            options.add_flags(cmd, settings)
+        return cmd
+
+    command("up", "run NATS, the archiver and N chat nodes on this machine", UpSettings)
+    command("down", "stop the cluster `chat-cluster up` runs in --data-dir", DirSettings)
+    command(
+        "status",
+        "readiness, applied seq, lag and connections of the services `up` runs",
+        DirSettings,
     )
-    up.add_argument("--data-dir", default="./.chat-cluster", help="NATS store and logs")
-    up.add_argument(
-        "--nats-cluster", type=int, choices=(1, 3), default=1, help="1 server (R1) or 3 (R3)"
-    )
-
-    node = sub.add_parser("node", help="run one chat node")
-    config.add_node_flags(node, env)
-
-    archiver = sub.add_parser("archiver", help="run the archiver")
-    config.add_service_flags(archiver, env, 8100)
-
-    status = sub.add_parser(
-        "status", help="readiness, applied seq, lag and connections of the services `up` runs"
-    )
-    status.add_argument("--data-dir", default="./.chat-cluster", help="where `up` keeps its data")
-
-    ensure = sub.add_parser(
+    command("node", "run one chat node", NodeSettings)
+    command("archiver", "run the archiver", ArchiverSettings)
+    ensure = command(
         "ensure-stream",
-        help="create the CHAT stream (or check the existing one) and print it; retries "
-        "until NATS and JetStream answer or --timeout passes",
+        "create the CHAT stream (or check the existing one) and print it; retries until NATS "
+        "and JetStream answer or --timeout passes",
+        LogSettings,
     )
-    config.add_stream_flags(ensure, env)
-    ensure.add_argument("--timeout", type=float, default=120.0, help="seconds (default 120)")
+    ensure.add_argument(
+        "--timeout",
+        type=float,
+        default=ENSURE_TIMEOUT,
+        help=f"seconds to keep trying (default: {ENSURE_TIMEOUT:g})",
+    )
 
-    send = sub.add_parser("send", help="send a message through a chat node")
+    send = command("send", "send a message through a chat node", ClientSettings)
     send.add_argument("text")
-    send.add_argument("--channel", default="default-channel")
-    send.add_argument("--node", default="http://127.0.0.1:8001", help="chat node base URL")
-    send.add_argument("--user", default=None)
-    send.add_argument("--id", default=None, help="message id (retries with it are idempotent)")
+    send.add_argument("--user", default=None, help="sender's name (default: unset)")
+    send.add_argument(
+        "--id", default=None, help="message id; retries with it are idempotent (default: new)"
+    )
 
-    tail = sub.add_parser("tail", help="print a channel's messages as they arrive")
-    tail.add_argument("--channel", default="default-channel")
-    tail.add_argument("--node", default="http://127.0.0.1:8001", help="chat node base URL")
+    tail = command("tail", "print a channel's messages as they arrive", ClientSettings)
     tail.add_argument("--after", type=int, default=None, help="resume after this seq")
     tail.add_argument("--count", type=int, default=None, help="exit after this many messages")
     tail.add_argument("--json", action="store_true", help="print frames as JSON lines")
 
-    ns = sub.add_parser(
-        "nats-server", help="the pinned nats-server: --version, or run it with these arguments"
-    )
+    ns = command("nats-server", "the pinned nats-server: --version, or run it with arguments")
     ns.add_argument("--version", action="store_true")
     ns.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # Read by the ASGI instrumentation (server spans, when tracing is on) at its first use:
+    # the stable HTTP conventions for span attributes. Only the entry point writes the
+    # environment; everything below reads it once, here.
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+    from chat_cluster.local import ClusterError
+
     try:
-        args = _parser().parse_args(argv)
-        sys.exit(_run(args))
-    except (config.ConfigError, NatsServerError) as exc:
+        args = build_parser().parse_args(argv)
+        sys.exit(_run(args, os.environ))
+    except (ConfigError, NatsServerError, ClusterError) as exc:
         print(f"chat-cluster: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "node":
-        return _node(args)
-    if args.command == "archiver":
-        return _archiver(args)
-    if args.command == "up":
-        from chat_cluster.local import LocalCluster, Ports
+def node_settings(args: argparse.Namespace, env: Mapping[str, str]) -> NodeSettings:
+    settings = options.build(NodeSettings, args, env)
+    if not settings.node_id:
+        settings = dataclasses.replace(settings, node_id=f"{socket.gethostname()}:{settings.port}")
+    return settings
 
-        ports = Ports.for_base(args.base_port, args.nodes, args.nats_cluster)
-        return LocalCluster(ports, args.data_dir).run()
-    if args.command == "status":
+
+def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    command = args.command
+    if command == "node":
+        return _node(node_settings(args, env), env)
+    if command == "archiver":
+        return _archiver(options.build(ArchiverSettings, args, env), env)
+    if command == "up":
+        from chat_cluster.local import LocalCluster
+
+        return LocalCluster(options.build(UpSettings, args, env)).run()
+    if command == "down":
+        from chat_cluster.local import down
+
+        return down(options.build(DirSettings, args, env).data_dir)
+    if command == "status":
         from chat_cluster.status import show
 
-        return show(args.data_dir)
-    if args.command == "ensure-stream":
-        return asyncio.run(
-            client.ensure_stream(
-                config.nats_urls(args.nats_url), config.stream_spec(args), args.timeout
-            )
-        )
-    if args.command == "send":
-        return asyncio.run(client.send(args.node, args.channel, args.text, args.user, args.id))
-    if args.command == "tail":
-        return asyncio.run(client.tail(args.node, args.channel, args.after, args.count, args.json))
-    if args.command == "nats-server":
+        return show(options.build(DirSettings, args, env).data_dir)
+    if command == "ensure-stream":
+        return _ensure_stream(options.build(LogSettings, args, env), args.timeout)
+    if command in ("send", "tail"):
+        from chat_cluster import client
+
+        settings = options.build(ClientSettings, args, env)
+        if command == "send":
+            return asyncio.run(client.send(settings, args.text, args.user, args.id))
+        return asyncio.run(client.tail(settings, args.after, args.count, args.json))
+    if command == "nats-server":
         return _nats_server(args)
-    raise AssertionError(args.command)
+    raise AssertionError(command)
 
 
-def _node(args: argparse.Namespace) -> int:
+def _node(settings: NodeSettings, env: Mapping[str, str]) -> int:
     import telemetry
     from chat.app import create_app
     from servicekit import logs, serve
 
-    settings = config.node_settings(args)
-    logs.configure("chat-node", args.log_level, node_id=settings.node_id)
-    app = create_app(settings, telemetry.start("chat-node", settings.node_id, config.environ()))
-    hub = app.state.hub
+    logs.configure("chat-node", settings.log_level, node_id=settings.node_id)
+    app = create_app(settings, telemetry.start("chat-node", settings.node_id, env))
+    hub = app.state.node.hub
     serve.run(
         app,
         settings.host,
@@ -132,19 +150,35 @@ def _node(args: argparse.Namespace) -> int:
     return 0
 
 
-def _archiver(args: argparse.Namespace) -> int:
+def _archiver(settings: ArchiverSettings, env: Mapping[str, str]) -> int:
     import telemetry
     from archiver.app import create_app
     from servicekit import logs, serve
 
-    settings = config.archiver_settings(args)
     instance = f"{socket.gethostname()}:{settings.port}"
-    logs.configure("archiver", args.log_level, node_id=instance)
+    logs.configure("archiver", settings.log_level, node_id=instance)
     serve.run(
-        create_app(settings, telemetry.start("archiver", instance, config.environ())),
+        create_app(settings, telemetry.start("archiver", instance, env)),
         settings.host,
         settings.port,
     )
+    return 0
+
+
+def _ensure_stream(settings: LogSettings, timeout: float) -> int:
+    from chat_cluster.admin import ensure_stream
+    from servicekit import logs
+
+    logs.configure("ensure-stream", "WARNING")
+    try:
+        info = asyncio.run(ensure_stream(settings, timeout, "chat-cluster ensure-stream"))
+    except StreamConflict as exc:
+        print(f"chat-cluster ensure-stream: {exc}", file=sys.stderr)
+        return 1
+    except LogError as exc:
+        print(f"chat-cluster ensure-stream: gave up after {timeout:g}s: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(dataclasses.asdict(info)))
     return 0
 
 

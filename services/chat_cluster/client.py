@@ -8,7 +8,7 @@ import urllib.request
 
 import websockets
 
-from chatlog import ChatLog, LogError, StreamConflict, StreamSpec
+from chat_cluster.settings import ClientSettings
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
@@ -25,28 +25,37 @@ def _post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
             return exc.code, {"error": "http_error", "detail": str(exc)}
 
 
-async def send(node: str, channel: str, text: str, user: str | None, msg_id: str | None) -> int:
-    body: dict[str, object] = {"channel": channel, "text": text}
+async def send(settings: ClientSettings, text: str, user: str | None, msg_id: str | None) -> int:
+    body: dict[str, object] = {"channel": settings.channel, "text": text}
     if user:
         body["user"] = user
     if msg_id:
         body["id"] = msg_id
-    url = node.rstrip("/") + "/messages"
-    try:
-        status, answer = await asyncio.to_thread(_post, url, json.dumps(body).encode())
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"chat-cluster send: cannot reach {url}: {exc}", file=sys.stderr)
-        return 1
-    if status != 201:
-        print(f"chat-cluster send: {answer.get('error')}: {answer.get('detail')}", file=sys.stderr)
-        return 1
-    print(f"seq={answer['seq']} id={answer['id']} duplicate={str(answer['duplicate']).lower()}")
-    return 0
+    unreachable = []
+    for node in settings.nodes():
+        url = node + "/messages"
+        try:
+            status, answer = await asyncio.to_thread(_post, url, json.dumps(body).encode())
+        except (urllib.error.URLError, OSError) as exc:
+            unreachable.append(f"{url}: {getattr(exc, 'reason', exc)}")
+            continue
+        if status != 201:
+            print(
+                f"chat-cluster send: {answer.get('error')}: {answer.get('detail')}",
+                file=sys.stderr,
+            )
+            return 1
+        duplicate = str(answer["duplicate"]).lower()
+        print(f"seq={answer['seq']} id={answer['id']} duplicate={duplicate}")
+        return 0
+    print(f"chat-cluster send: cannot reach {'; '.join(unreachable)}", file=sys.stderr)
+    return 1
 
 
-async def tail(node: str, channel: str, after: int | None, count: int | None, raw: bool) -> int:
-    url = node.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
-    join: dict[str, object] = {"op": "join", "channel": channel}
+async def tail(settings: ClientSettings, after: int | None, count: int | None, raw: bool) -> int:
+    node = settings.nodes()[0]
+    url = node.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
+    join: dict[str, object] = {"op": "join", "channel": settings.channel}
     if after is not None:
         join["after"] = after
     seen = 0
@@ -70,34 +79,3 @@ async def tail(node: str, channel: str, after: int | None, count: int | None, ra
         print(f"chat-cluster tail: {url}: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-async def ensure_stream(urls: tuple[str, ...], spec: StreamSpec, timeout: float) -> int:
-    """Create or check the stream, retrying while NATS or JetStream is not up yet (a fresh
-    cluster elects its meta leader after all servers start). A conflicting stream fails at
-    once; any other log error is retried until ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            chatlog = await ChatLog.connect(
-                list(urls), name="chat-cluster ensure-stream", spec=spec
-            )
-            try:
-                info = await chatlog.ensure_stream()
-            finally:
-                await chatlog.close()
-            print(json.dumps(info.__dict__))
-            return 0
-        except StreamConflict as exc:
-            print(f"chat-cluster: {exc}", file=sys.stderr)
-            return 1
-        except LogError as exc:
-            # NATS down, or JetStream still forming ("no suitable peers" until the meta
-            # group has its quorum): the same errors the services retry at start.
-            failure = exc
-        if loop.time() >= deadline:
-            print(f"chat-cluster: gave up after {timeout}s: {failure}", file=sys.stderr)
-            return 1
-        print(f"waiting for JetStream: {failure}", file=sys.stderr)
-        await asyncio.sleep(1)

@@ -1,33 +1,45 @@
-"""``chat-cluster up``: NATS, the archiver and N chat nodes as processes on 127.0.0.1.
+"""``chat-cluster up`` and ``down``: NATS, the archiver and N chat nodes as processes on
+127.0.0.1, in a data directory that one ``up`` at a time owns.
 
-The supervisor restarts a service that dies (as Kubernetes would), so
-``kill -9`` of a node shows recovery: the new process replays the log and
-turns ready with every message.
+The supervisor restarts a service that dies (as Kubernetes would), so ``kill -9``
+of a node shows recovery: the new process replays the log and turns ready with
+every message. Every child gets SIGTERM if ``up`` itself dies, even by SIGKILL.
 """
 
 import asyncio
+import contextlib
+import fcntl
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from chat_cluster.natsserver import (
-    NatsServer,
-    NatsServerError,
-    ServerConfig,
-    checked_binary,
-    port_free,
-    terminate,
-)
-from chatlog import ChatLog, LogError, StreamSpec
+from chat_cluster.admin import ensure_stream
+from chat_cluster.natsserver import NatsServer, ServerConfig, checked_binary
+from chat_cluster.processes import die_with_parent, port_free, terminate
+from chat_cluster.settings import UpSettings
+from chatlog import LogError, LogSettings, StreamSpec
+from options import ConfigError
 
 HOST = "127.0.0.1"
+
+
+class ClusterError(Exception):
+    """The local cluster could not start or keep running (a service exited, not ready)."""
+
+
+LOCK = "up.lock"
+LAYOUT = "layout.json"
+STREAM_DEADLINE = 30.0
+"""Seconds ``up`` waits for JetStream to accept the stream (a fresh R3 cluster elects first)."""
 
 
 @dataclass(frozen=True)
@@ -40,11 +52,15 @@ class Ports:
 
     @classmethod
     def for_base(cls, base: int | None, nodes: int, nats_servers: int) -> "Ports":
-        if nodes < 1 or nodes > 99:
-            raise NatsServerError("--nodes must be between 1 and 99")
         if base is None:
             node_base, archiver, nats, monitor, route = 8000, 8100, 4222, 8222, 6222
         else:
+            highest = base + 220 + nats_servers - 1
+            if base < 1024 or highest > 65535:
+                raise ConfigError(
+                    f"--base-port {base}: ports {base + 1}..{highest} are needed; "
+                    f"use 1024..{65535 - 220 - nats_servers + 1}"
+                )
             node_base, archiver = base, base + 100
             nats, monitor, route = base + 200, base + 220, base + 210
         return cls(
@@ -76,11 +92,22 @@ def is_ready(base_url: str) -> bool:
 class Service:
     """A chat node or the archiver, run as ``python -m chat_cluster <kind> ...``."""
 
-    def __init__(self, name: str, args: list[str], port: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        port: int,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        bound_to_parent: bool = False,
+    ) -> None:
         self.name = name
         self.args = args
         self.port = port
         self.log_path = log_path
+        self.env = env
+        """Extra environment variables (credentials travel here, never in ``args``)."""
+        self.bound_to_parent = bound_to_parent
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.restarts = 0
@@ -94,9 +121,11 @@ class Service:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env} if self.env else None,
             # Own session: a Ctrl-C on the terminal reaches only the supervisor, which
             # then stops the nodes before the NATS servers they are draining into.
             start_new_session=True,
+            preexec_fn=die_with_parent() if self.bound_to_parent else None,
         )
 
     @property
@@ -114,13 +143,90 @@ class Service:
             self._log = None
 
 
+@contextlib.contextmanager
+def owned(data: Path) -> Iterator[None]:
+    """Hold the data directory's lock for as long as ``up`` runs. The kernel releases it
+    when the process dies, however it dies, so a stale lock file never blocks."""
+    data.mkdir(parents=True, exist_ok=True)
+    path = data / LOCK
+    with path.open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise ConfigError(
+                f"already running here (pid {holder}): {data}; "
+                f"stop it with `chat-cluster down --data-dir {data}`, or pass another --data-dir"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
+def check_layout(data: Path, nats_servers: int) -> None:
+    """A data directory keeps the NATS layout it was made with: the stores of one
+    standalone server and of a 3-server cluster are not interchangeable."""
+    path = data / LAYOUT
+    made_with: int | None = None
+    if path.exists():
+        made_with = int(json.loads(path.read_text())["nats_servers"])
+    elif (data / "nats").is_dir():  # made before layout.json existed
+        made_with = 3 if (data / "nats" / "n2").is_dir() else 1
+    if made_with is not None and made_with != nats_servers:
+        raise ConfigError(
+            f"{data} was made with --nats-cluster {made_with}; run `up` with "
+            f"--nats-cluster {made_with}, or use another --data-dir for {nats_servers}"
+        )
+    path.write_text(json.dumps({"nats_servers": nats_servers}) + "\n")
+
+
+def down(data_dir: str) -> int:
+    """Stop the ``up`` that owns ``data_dir`` (SIGTERM), and wait until it has stopped."""
+    data = Path(data_dir).resolve()
+    path = data / LOCK
+    if not path.exists():
+        print(f"chat-cluster down: no cluster in {data}", file=sys.stderr)
+        return 1
+    with path.open("r") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            print(f"chat-cluster down: nothing running in {data}", file=sys.stderr)
+            return 1
+        except BlockingIOError:
+            pass
+        pid = int(lock.read().strip() or 0)
+        if pid <= 0:
+            print(f"chat-cluster down: {path} names no process", file=sys.stderr)
+            return 1
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                print(f"chat-cluster down: stopped (pid {pid}); data kept in {data}")
+                return 0
+            except BlockingIOError:
+                time.sleep(0.1)
+    print(f"chat-cluster down: pid {pid} still running after 60 s", file=sys.stderr)
+    return 1
+
+
 class LocalCluster:
-    def __init__(self, ports: Ports, data_dir: str) -> None:
-        self.ports = ports
-        self.data = Path(data_dir).resolve()
+    def __init__(self, settings: UpSettings) -> None:
+        self.settings = settings
+        self.ports = Ports.for_base(settings.base_port, settings.nodes, settings.nats_cluster)
+        self.data = Path(settings.data_dir).resolve()
         self._stop = False
 
     def run(self) -> int:
+        with owned(self.data):
+            check_layout(self.data, self.settings.nats_cluster)
+            return self._run()
+
+    def _run(self) -> int:
         for name, port in self.ports.named():
             if not port_free(port, HOST):
                 print(
@@ -141,10 +247,14 @@ class LocalCluster:
                 server.start()
             for server in servers:
                 server.wait_ready(30)
-            urls = ",".join(s.config.url for s in servers)
+            urls = tuple(s.config.url for s in servers)
             replicas = 3 if len(servers) == 3 else 1
-            asyncio.run(_ensure_stream(urls, replicas))
-            services = self._services(urls, replicas, logs)
+            log = LogSettings(nats_urls=urls, stream=StreamSpec(replicas=replicas))
+            try:
+                asyncio.run(ensure_stream(log, STREAM_DEADLINE, "chat-cluster up"))
+            except LogError as exc:
+                raise ClusterError(f"cannot ensure the CHAT stream: {exc}") from exc
+            services = self._services(",".join(urls), replicas, logs)
             for service in services:
                 service.start()
             self._wait_ready(services, timeout=60)
@@ -156,6 +266,8 @@ class LocalCluster:
                 service.stop(12)
             for server in servers:
                 server.stop()
+            with contextlib.suppress(OSError):
+                (self.data / "cluster.json").unlink()
             print("chat-cluster up: stopped; data kept in", self.data, flush=True)
         return 0
 
@@ -176,7 +288,7 @@ class LocalCluster:
                 cluster_port=self.ports.nats_cluster[i] if count > 1 else None,
                 routes=routes,
             )
-            servers.append(NatsServer(binary, config, self.data / "logs"))
+            servers.append(NatsServer(binary, config, self.data / "logs", bound_to_parent=True))
         return servers
 
     def _services(self, urls: str, replicas: int, logs: Path) -> list[Service]:
@@ -187,11 +299,14 @@ class LocalCluster:
                 ["archiver", *common, "--port", str(self.ports.archiver)],
                 self.ports.archiver,
                 logs / "archiver.log",
+                bound_to_parent=True,
             )
         ]
         for i, port in enumerate(self.ports.nodes, 1):
             args = ["node", *common, "--port", str(port), "--node-id", f"node-{i}"]
-            services.append(Service(f"node-{i}", args, port, logs / f"node-{i}.log"))
+            services.append(
+                Service(f"node-{i}", args, port, logs / f"node-{i}.log", bound_to_parent=True)
+            )
         return services
 
     def _wait_ready(self, services: list[Service], timeout: float) -> None:
@@ -201,10 +316,10 @@ class LocalCluster:
             pending = [s for s in pending if not s.ready()]
             for service in pending:
                 if service.proc is not None and service.proc.poll() is not None:
-                    raise NatsServerError(f"{service.name} exited; see {service.log_path}")
+                    raise ClusterError(f"{service.name} exited; see {service.log_path}")
             if time.monotonic() > deadline:
                 names = ", ".join(s.name for s in pending)
-                raise NatsServerError(f"not ready after {timeout}s: {names}")
+                raise ClusterError(f"not ready after {timeout}s: {names}")
             time.sleep(0.1)
 
     def _supervise(self, servers: list[NatsServer], services: list[Service]) -> None:
@@ -213,9 +328,10 @@ class LocalCluster:
                 if service.proc is not None and service.proc.poll() is not None:
                     code = service.proc.returncode
                     service.restarts += 1
-                    print(f"{service.name} exited ({code}); restarting", flush=True)
                     service.stop(1)
                     service.start()
+                    pid = service.proc.pid if service.proc else "?"
+                    print(f"{service.name} exited ({code}); restarted as pid {pid}", flush=True)
                     self._write_state(servers, services)
             time.sleep(0.2)
 
@@ -235,30 +351,17 @@ class LocalCluster:
         )
 
     def _write_state(self, servers: list[NatsServer], services: list[Service]) -> None:
-        """cluster.json: every service's URL and pid, for `kill -9` in the walkthrough."""
+        """cluster.json: every service's URL and pid (``status``, ``send`` and ``tail`` read it)."""
         state = {
+            "up_pid": os.getpid(),
             "services": {
                 s.name: {"url": s.url, "pid": s.proc.pid if s.proc else None} for s in services
             },
-            "nats": [s.config.url for s in servers],
+            "nats": [
+                {"name": s.config.name, "url": s.config.url, "pid": s.proc.pid if s.proc else None}
+                for s in servers
+            ],
         }
-        (self.data / "cluster.json").write_text(json.dumps(state, indent=2))
-
-
-async def _ensure_stream(urls: str, replicas: int) -> None:
-    # A fresh R3 cluster needs a moment to elect its meta leader: retry until it answers.
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            log = await ChatLog.connect(
-                urls.split(","), name="chat-cluster up", spec=StreamSpec(replicas=replicas)
-            )
-            try:
-                await log.ensure_stream()
-                return
-            finally:
-                await log.close()
-        except LogError as exc:
-            if time.monotonic() > deadline:
-                raise NatsServerError(f"cannot ensure the CHAT stream: {exc}") from exc
-            await asyncio.sleep(0.25)
+        tmp = self.data / "cluster.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.data / "cluster.json")

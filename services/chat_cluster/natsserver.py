@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -16,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from chat_cluster.processes import die_with_parent, terminate
 
 MIN_VERSION = (2, 12, 5)
 ENV_BIN = "NATS_SERVER_BIN"
@@ -132,8 +133,12 @@ class ServerConfig:
 class NatsServer:
     """A nats-server child process. Restartable on the same store."""
 
-    def __init__(self, binary: Path, config: ServerConfig, workdir: Path) -> None:
+    def __init__(
+        self, binary: Path, config: ServerConfig, workdir: Path, bound_to_parent: bool = False
+    ) -> None:
         self.binary = binary
+        self.bound_to_parent = bound_to_parent
+        """Started with PR_SET_PDEATHSIG: dies with the process that started it."""
         self.config = config
         self.conf_path = workdir / f"{config.name}.conf"
         self.log_path = workdir / f"{config.name}.log"
@@ -150,6 +155,7 @@ class NatsServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent() if self.bound_to_parent else None,
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -193,30 +199,3 @@ class NatsServer:
             self.proc.kill()
             self.proc.wait(5)
         self.stop()
-
-
-def terminate(proc: "subprocess.Popen[bytes]", timeout: float) -> None:
-    """SIGTERM, then SIGKILL if it has not exited after ``timeout`` seconds."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])

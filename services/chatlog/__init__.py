@@ -1,11 +1,11 @@
 """The replication-log contract: the only package that talks to NATS.
 
-Services use five verbs of :class:`ChatLog` (ensure the stream, publish, tail
-from a sequence, read a page, stream info) and the wire types in
-:mod:`chatlog.records`; stream and subject names live in :mod:`chatlog.names`.
+Services create one :class:`ChatLog` each and use its verbs (ensure the stream,
+publish, tail from a sequence, read a page, stream info, snapshots); the wire
+types are in :mod:`chatlog.records`, stream and subject names in
+:mod:`chatlog.names`, and the one retry helper in :mod:`chatlog.retry`.
 """
 
-from chatlog.connection import ChatLog, LogInfo, PubAck
 from chatlog.errors import (
     InvalidInput,
     LogError,
@@ -14,24 +14,31 @@ from chatlog.errors import (
     StreamConflict,
     TailBroken,
 )
+from chatlog.log import ChannelStat, ChatLog, LogInfo, PubAck
 from chatlog.names import DEFAULT_CHANNEL, STREAM_NAME, check_channel, subject_for
 from chatlog.records import LogEntry, Record, Skip, take
-from chatlog.snapshots import SnapshotMeta
+from chatlog.retry import Backoff, RetryPolicy, retry
+from chatlog.settings import LogSettings
+from chatlog.snapshot_store import SnapshotMeta
 from chatlog.stream import StreamSpec
 from chatlog.tail import Tail
 
 __all__ = [
     "DEFAULT_CHANNEL",
     "STREAM_NAME",
+    "Backoff",
+    "ChannelStat",
     "ChatLog",
     "InvalidInput",
     "LogEntry",
     "LogError",
     "LogInfo",
     "LogRejected",
+    "LogSettings",
     "LogUnavailable",
     "PubAck",
     "Record",
+    "RetryPolicy",
     "Skip",
     "SnapshotMeta",
     "StreamConflict",
@@ -39,6 +46,7 @@ __all__ = [
     "Tail",
     "TailBroken",
     "check_channel",
+    "retry",
     "subject_for",
     "take",
 ]

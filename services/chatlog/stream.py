@@ -7,6 +7,7 @@ from nats.js import api
 
 from chatlog.errors import StreamConflict
 from chatlog.names import STREAM_NAME, SUBJECTS
+from options import int_at_least, positive_float, positive_int, setting
 
 MAX_TEXT_KEY = "chat_cluster.max_text"
 SCHEMA_KEY = "chat_cluster.schema"
@@ -17,9 +18,28 @@ SCHEMA_VERSION = "1"
 class StreamSpec:
     """What a service wants the stream to be. ``replicas`` is used only on creation."""
 
-    replicas: int = 1
-    duplicate_window: float = 120.0
-    max_text: int = 8192
+    replicas: int = setting(
+        1,
+        flag="--stream-replicas",
+        env="STREAM_REPLICAS",
+        parse=int_at_least(1, 5),
+        help="replicas of the CHAT stream, if this service creates it",
+    )
+    duplicate_window: float = setting(
+        120.0,
+        flag="--duplicate-window",
+        env="DUPLICATE_WINDOW",
+        parse=positive_float,
+        help="seconds in which a repeated message id is a duplicate",
+    )
+    max_text: int = setting(
+        8192,
+        flag="--max-text",
+        env="MAX_TEXT_BYTES",
+        parse=positive_int,
+        help="largest text in UTF-8 bytes, if this service creates the stream "
+        "(then kept in the stream's metadata)",
+    )
 
     def config(self) -> api.StreamConfig:
         return api.StreamConfig(

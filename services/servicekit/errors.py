@@ -1,9 +1,12 @@
-"""The services' one error base, with the HTTP status and stable code each maps to."""
+"""The services' one error base, and how a log error reaches a client: one table, used by
+the HTTP exception handlers and by the WebSocket error frames alike."""
 
 from chatlog import InvalidInput, LogError, LogRejected, LogUnavailable, StreamConflict
 
 
 class ServiceError(Exception):
+    """An answer to a client: an HTTP status, a stable code, a sentence."""
+
     def __init__(self, status: int, code: str, detail: str) -> None:
         super().__init__(detail)
         self.status = status
@@ -15,8 +18,10 @@ def bad_request(code: str, detail: str) -> ServiceError:
     return ServiceError(400, code, detail)
 
 
-def from_log_error(exc: LogError) -> ServiceError:
-    """How a log error reaches a client. LogUnavailable on a send means nothing is promised."""
+def problem_of(exc: ServiceError | LogError) -> ServiceError:
+    """The client's view of an error. LogUnavailable on a send means nothing is promised."""
+    if isinstance(exc, ServiceError):
+        return exc
     if isinstance(exc, InvalidInput):
         return ServiceError(400, exc.code, exc.detail)
     if isinstance(exc, LogUnavailable):

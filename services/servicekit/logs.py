@@ -7,6 +7,17 @@ import time
 
 from opentelemetry import trace
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(raw: str) -> str:
+    """Parses ``LOG_LEVEL``."""
+    level = raw.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 FIELDS = ("seq", "epoch", "reason", "channel")
 """Extra fields a log call may pass (``extra={"seq": ...}``); copied into the JSON line."""
 

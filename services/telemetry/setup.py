@@ -11,7 +11,6 @@
 """
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -53,9 +52,6 @@ def _otlp_wanted(env: Mapping[str, str], signal: str) -> bool:
 
 
 def start(service: str, instance: str, env: Mapping[str, str]) -> Telemetry:
-    # The ASGI instrumentation (server spans) reads this once, at its first use: the
-    # stable HTTP conventions for span attributes.
-    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     service = env.get("OTEL_SERVICE_NAME") or service
     resource = Resource.create({"service.name": service, "service.instance.id": instance})
     reader = InMemoryMetricReader()

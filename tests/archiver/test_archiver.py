@@ -8,8 +8,7 @@ import pytest
 
 from chat_cluster.natsserver import NatsServer
 from chatlog import ChatLog
-from tests.conftest import NodeProcs
-from tests.support import all_messages, get_json, http
+from tests.support import NodeProcs, all_messages, get_json, http
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ from litestar.testing import TestClient
 
 from chat.app import create_app
 from chat_cluster.natsserver import NatsServer
-from tests.conftest import node_settings
-from tests.support import wait_until
+from tests.support import node_settings, wait_until
 
 
 def walk(client: TestClient[Any], channel: str, limit: int) -> list[dict[str, Any]]:
@@ -33,7 +32,7 @@ def test_bounded_node_answers_like_a_full_one(nats: NatsServer) -> None:
             last = resp.json()["seq"]
         for client in (full, bounded):
             client.get("/messages", params={"min_seq": last})
-        held = bounded_app.state.replica.channels["a"]
+        held = bounded_app.state.node.replica.channels["a"]
         assert len(held.seqs) < 264 and held.dropped_through > 0  # it really dropped some
         for channel in ("a", "b"):
             for limit in (7, 100, 1000):

@@ -10,8 +10,7 @@ import websockets
 from chat_cluster.local import Service
 from chat_cluster.natsserver import NatsServer
 from chatlog import ChatLog
-from tests.conftest import NodeProcs
-from tests.support import all_messages, get_json, http, wait_until
+from tests.support import NodeProcs, all_messages, get_json, http, wait_until
 
 
 def history(node: Service, channel: str = "room") -> list[tuple[int, str]]:

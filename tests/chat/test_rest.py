@@ -110,3 +110,17 @@ def test_readyz_reports_progress(node: Client) -> None:
     body = wait_until(lambda: (r := node.get("/readyz").json())["applied"] == 1 and r)
     assert body["status"] == "ready" and body["connected"] is True and body["epoch"]
     assert node.get("/healthz").status_code == 200
+
+
+def test_a_node_whose_follower_ended_is_neither_ready_nor_live(node: Client) -> None:
+    seq = post(node, text="before")["seq"]
+    assert node.get("/messages", params={"min_seq": seq}).status_code == 200  # applied
+    task = node.app.state.node.background.tasks["follower"]
+    # The app's event loop runs in the test client's thread: cancel the task there.
+    task.get_loop().call_soon_threadsafe(task.cancel)
+    wait_until(lambda: node.get("/readyz").status_code == 503, what="not ready")
+    assert node.get("/readyz").json()["status"] == "not_ready"
+    live = node.get("/healthz")
+    assert live.status_code == 503 and live.json()["status"] == "follower_stopped"
+    # What it holds is still served (reads of a frozen replica are not wrong, only old).
+    assert [m["text"] for m in node.get("/messages").json()["messages"]] == ["before"]

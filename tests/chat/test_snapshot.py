@@ -7,30 +7,28 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+from opentelemetry.metrics import NoOpMeterProvider
 
 from chat import snapshot
-from chat.follower import Follower
+from chat.node import Node
 from chat.replica import Replica
+from chat.saver import Saver
 from chat_cluster.natsserver import NatsServer
 from chatlog import ChatLog, LogEntry, SnapshotMeta
-from tests.conftest import node_settings
-from tests.support import until
+from tests.support import node_settings, until
 
 
 @contextlib.asynccontextmanager
-async def running(nats: NatsServer, name: str, **overrides: object) -> AsyncIterator[Follower]:
-    settings = node_settings(nats, node_id=name, **overrides)
-    follower = Follower(settings, Replica(settings.stream.max_text, settings.keep_per_channel))
-    task = asyncio.create_task(follower.run())
+async def running(nats: NatsServer, name: str, **overrides: object) -> AsyncIterator[Node]:
+    """A node's parts without its HTTP side; it saves snapshots only when a test asks."""
+    settings = node_settings(nats, node_id=name, snapshot_every=0, **overrides)
+    node = Node.create(settings, NoOpMeterProvider().get_meter("test"), tracing=False)
+    node.start()
     try:
-        await until(lambda: follower.ready, what=f"{name} ready")
-        yield follower
+        await until(lambda: node.follower.ready, what=f"{name} ready")
+        yield node
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        if follower.chatlog is not None:
-            await follower.chatlog.close()
+        await node.stop()
 
 
 async def publish(chatlog: ChatLog, start: int, count: int) -> int:
@@ -51,55 +49,54 @@ async def state_of(replica: Replica) -> bytes:
     return captured[1]
 
 
-async def saver_for(follower: Follower, every: int = 1) -> snapshot.Saver:
-    return snapshot.Saver(
-        lambda: follower.chatlog, lambda: follower.ready, follower._replica, every
-    )
+def saver_for(node: Node, every: int = 1) -> Saver:
+    return Saver(node.chatlog, node.follower, node.replica, every)
 
 
 async def test_snapshot_then_tail_equals_full_replay(nats: NatsServer, chatlog: ChatLog) -> None:
     await publish(chatlog, 0, 1000)
     async with running(nats, "full") as full:
-        assert full.snapshot_seq == 0  # nothing to load yet: a full replay
-        not_ready = snapshot.Saver(lambda: full.chatlog, lambda: False, full._replica, 1)
-        assert not await not_ready.maybe_save()  # a node still catching up never saves
+        assert full.follower.snapshot_seq == 0  # nothing to load yet: a full replay
+        full.follower.target = full.replica.applied + 1  # as if the stream were ahead
+        assert not await saver_for(full).maybe_save()  # a node catching up never saves
+        full.follower.target = full.replica.applied
         assert await chatlog.snapshot_meta() is None
-        saver = await saver_for(full)
+        saver = saver_for(full)
         assert await saver.maybe_save()
         saved = await chatlog.snapshot_meta()
-        assert saved is not None and saved.seq == full._replica.applied
+        assert saved is not None and saved.seq == full.replica.applied
         assert not await saver.maybe_save()  # nothing new since: no second upload
 
         last = await publish(chatlog, 1000, 150)  # the tail the new node must replay
         async with running(nats, "from-snapshot") as fresh:
-            assert fresh.snapshot_seq == saved.seq
-            assert fresh.target >= last
-            await until(lambda: full._replica.applied >= last and fresh._replica.applied >= last)
-            assert fresh._replica.applied == full._replica.applied == last
-            assert await state_of(fresh._replica) == await state_of(full._replica)
-            assert sum(fresh._replica.skipped.values()) > 0  # poison was part of it
+            assert fresh.follower.snapshot_seq == saved.seq
+            assert fresh.follower.target >= last
+            await until(lambda: full.replica.applied >= last and fresh.replica.applied >= last)
+            assert fresh.replica.applied == full.replica.applied == last
+            assert await state_of(fresh.replica) == await state_of(full.replica)
+            assert sum(fresh.replica.skipped.values()) > 0  # poison was part of it
 
             # live messages keep both equal
             last = await publish(chatlog, 1150, 20)
-            await until(lambda: fresh._replica.applied >= last and full._replica.applied >= last)
-            assert await state_of(fresh._replica) == await state_of(full._replica)
+            await until(lambda: fresh.replica.applied >= last and full.replica.applied >= last)
+            assert await state_of(fresh.replica) == await state_of(full.replica)
 
         # a bounded node loads the same snapshot and keeps only its newest records
         async with running(nats, "bounded", keep_per_channel=100) as bounded:
-            assert bounded.snapshot_seq == saved.seq
-            await until(lambda: bounded._replica.applied >= last)
-            held = bounded._replica.channels["c1"]
+            assert bounded.follower.snapshot_seq == saved.seq
+            await until(lambda: bounded.replica.applied >= last)
+            held = bounded.replica.channels["c1"]
             assert 0 < len(held.seqs) <= 125 and held.dropped_through > 0
-            assert list(held.seqs) == list(full._replica.channels["c1"].seqs[-len(held.seqs) :])
+            assert list(held.seqs) == list(full.replica.channels["c1"].seqs[-len(held.seqs) :])
             after = held.dropped_through
-            assert bounded._replica.read("c1", after, 1000) == full._replica.read("c1", after, 1000)
-            assert not await (await saver_for(bounded)).maybe_save()  # bounded nodes never save
+            assert bounded.replica.read("c1", after, 1000) == full.replica.read("c1", after, 1000)
+            assert not await saver_for(bounded).maybe_save()  # bounded nodes never save
 
 
 async def test_unusable_snapshots_are_ignored(nats: NatsServer, chatlog: ChatLog) -> None:
     last = await publish(chatlog, 0, 60)
     async with running(nats, "a") as first:
-        assert await (await saver_for(first)).maybe_save()
+        assert await saver_for(first).maybe_save()
     info = await chatlog.info()
     good = await chatlog.load_snapshot()
     assert good is not None and good[0].seq == last
@@ -113,22 +110,22 @@ async def test_unusable_snapshots_are_ignored(nats: NatsServer, chatlog: ChatLog
     }
     for case, (meta, body) in cases.items():
         await chatlog.save_snapshot(meta, body)
-        async with running(nats, f"after {case}") as follower:
-            assert follower.snapshot_seq == 0, case  # replayed everything instead
-            assert follower._replica.applied == last, case
-            assert len(follower._replica.channels["c1"].seqs) == 9, case
+        async with running(nats, f"after {case}") as node:
+            assert node.follower.snapshot_seq == 0, case  # replayed everything instead
+            assert node.replica.applied == last, case
+            assert len(node.replica.channels["c1"].seqs) == 9, case
 
 
 async def test_new_epoch_ignores_the_old_snapshot(nats: NatsServer, chatlog: ChatLog) -> None:
     await publish(chatlog, 0, 30)
     async with running(nats, "a") as first:
-        assert await (await saver_for(first)).maybe_save()
+        assert await saver_for(first).maybe_save()
     await chatlog.delete_stream()
     info = await chatlog.ensure_stream()
     last = await publish(chatlog, 0, 5)
-    async with running(nats, "b") as follower:
-        assert follower.snapshot_seq == 0
-        assert follower._replica.epoch == info.epoch and follower._replica.applied == last
+    async with running(nats, "b") as node:
+        assert node.follower.snapshot_seq == 0
+        assert node.replica.epoch == info.epoch and node.replica.applied == last
 
 
 async def test_a_snapshot_saved_while_messages_arrive_is_exact(
@@ -139,17 +136,17 @@ async def test_a_snapshot_saved_while_messages_arrive_is_exact(
     monkeypatch.setattr(snapshot, "CHUNK", 7)
     await publish(chatlog, 0, 600)
     async with running(nats, "full") as full:
-        saver = await saver_for(full)
+        saver = saver_for(full)
         more = asyncio.create_task(publish(chatlog, 600, 300))
-        await until(lambda: full._replica.applied > 650, what="some of the new messages")
+        await until(lambda: full.replica.applied > 650, what="some of the new messages")
         assert await saver.maybe_save()
         saved = await chatlog.snapshot_meta()
         last = await more
         assert saved is not None and saved.seq < last  # taken while the log moved on
         async with running(nats, "from-snapshot") as fresh:
-            assert fresh.snapshot_seq == saved.seq
-            await until(lambda: full._replica.applied >= last and fresh._replica.applied >= last)
-            assert await state_of(fresh._replica) == await state_of(full._replica)
+            assert fresh.follower.snapshot_seq == saved.seq
+            await until(lambda: full.replica.applied >= last and fresh.replica.applied >= last)
+            assert await state_of(fresh.replica) == await state_of(full.replica)
 
 
 async def test_live_capture_is_the_state_at_its_seq_whatever_is_applied_meanwhile(

@@ -11,8 +11,7 @@ from typing import Any
 
 import websockets
 
-from tests.conftest import NodeProcs
-from tests.support import http, wait_until
+from tests.support import NodeProcs, http, wait_until
 
 
 def ws_url(base: str) -> str:

@@ -2,12 +2,20 @@
 
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
+import options
+from archiver.settings import ArchiverSettings
+from chat.settings import NodeSettings
 from chat_cluster.natsserver import MIN_VERSION, NatsServer, ServerConfig
+from chat_cluster.settings import ClientSettings, UpSettings, node_url
+from chatlog import LogSettings
 from tests.support import PYTHON
 
 
@@ -112,7 +120,7 @@ def test_ensure_stream_gives_up_after_its_timeout() -> None:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     out = cli("ensure-stream", "--nats-url", f"nats://127.0.0.1:{port}", "--timeout", "1")
-    assert out.returncode == 1 and "gave up after 1.0s" in out.stderr
+    assert out.returncode == 1 and "gave up after 1s" in out.stderr
 
 
 def test_status_names_a_missing_cluster_and_a_service_that_is_down(tmp_path: Path) -> None:
@@ -127,3 +135,35 @@ def test_status_names_a_missing_cluster_and_a_service_that_is_down(tmp_path: Pat
     assert out.returncode == 3, out.stdout
     row = out.stdout.splitlines()[1].split()
     assert row[:3] == ["node-1", f"http://127.0.0.1:{port}", "down"] and row[3:] == ["-"] * 4
+
+
+@pytest.mark.parametrize(
+    ("command", "settings"),
+    [
+        ("node", NodeSettings),
+        ("archiver", ArchiverSettings),
+        ("ensure-stream", LogSettings),
+        ("send", ClientSettings),
+        ("tail", ClientSettings),
+        ("up", UpSettings),
+    ],
+)
+def test_help_shows_every_default_and_its_variable(command: str, settings: type) -> None:
+    out = cli(command, "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())  # argparse wraps lines
+    for name in options.env_names(settings):
+        assert f"env {name}; default: " in text, (command, name)
+    flags = re.findall(r"^  (--[a-z-]+)", out.stdout, re.M)
+    assert flags and all(re.search(re.escape(flag) + r"\b.*?default: ", text) for flag in flags), (
+        command,
+        flags,
+    )
+
+
+def test_node_urls_without_a_scheme_mean_http() -> None:
+    assert node_url("127.0.0.1:8001") == "http://127.0.0.1:8001"
+    assert node_url("https://chat.example/") == "https://chat.example"
+    for bad in ("ftp://x", "http://", "http://h:99999", "http://h:1/path"):
+        with pytest.raises(ValueError):
+            node_url(bad)

@@ -6,13 +6,22 @@ import time
 import pytest
 
 from chat_cluster.natsserver import NatsServer
-from chatlog import ChatLog, LogUnavailable, StreamConflict, StreamSpec, TailBroken, take
+from chatlog import (
+    ChatLog,
+    LogSettings,
+    LogUnavailable,
+    StreamConflict,
+    StreamSpec,
+    TailBroken,
+    take,
+)
 from chatlog.records import Record
 
 
 async def connect(server: NatsServer, spec: StreamSpec | None = None) -> ChatLog:
-    return await ChatLog.connect(
-        [server.config.url], name="test", spec=spec or StreamSpec(), timeout=3
+    return await ChatLog.open(
+        LogSettings(nats_urls=(server.config.url,), stream=spec or StreamSpec(), publish_timeout=3),
+        "test",
     )
 
 
@@ -120,4 +129,4 @@ async def test_a_new_stream_is_a_new_epoch(chatlog: ChatLog) -> None:
 
 async def test_unreachable_nats_is_log_unavailable() -> None:
     with pytest.raises(LogUnavailable):
-        await ChatLog.connect(["nats://127.0.0.1:1"], name="t", spec=StreamSpec())
+        await ChatLog.open(LogSettings(nats_urls=("nats://127.0.0.1:1",)), "t")

@@ -2,7 +2,7 @@
 chart agrees with the code (env var names, values the services accept, ports, probe paths,
 commands, NATS addresses). Runs in ``nox -s chart``, which builds helm."""
 
-import argparse
+import os
 import re
 import subprocess
 import tomllib
@@ -12,9 +12,14 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+import options
 from archiver.app import create_app as create_archiver
+from archiver.settings import ArchiverSettings
 from chat.app import create_app as create_node
-from chat_cluster import cli, config
+from chat.settings import NodeSettings
+from chat_cluster import cli
+from chatlog import LogSettings
+from chatlog.settings import nats_urls
 from tests.deploy.chart import (
     KUBERNETES,
     NAMESPACE,
@@ -40,24 +45,6 @@ def rendered(request: pytest.FixtureRequest) -> tuple[str, list[Manifest]]:
     return request.param, render(VALUES[request.param])
 
 
-class Recording(dict[str, str]):
-    """An environment that remembers every variable the code asked for."""
-
-    def __init__(self, values: dict[str, str]) -> None:
-        super().__init__(values)
-        self.asked: set[str] = set()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self.asked.add(key)
-        return super().get(key, default)
-
-
-def names_read(add_flags: Any, *extra: Any) -> set[str]:
-    env = Recording({})
-    add_flags(argparse.ArgumentParser(), env, *extra)
-    return env.asked
-
-
 def ours(env: dict[str, str]) -> dict[str, str]:
     """The variables our config reads; OTEL_* are read by the OpenTelemetry SDK itself."""
     return {k: v for k, v in env.items() if not k.startswith("OTEL_")}
@@ -80,11 +67,11 @@ def parse(command: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPat
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert "chat-cluster" in scripts  # the console script the image puts on PATH
     with monkeypatch.context() as patch:
-        for name in list(config.environ()):
+        for name in list(os.environ):
             patch.delenv(name)
         for name, value in env.items():
             patch.setenv(name, value)
-        return cli._parser().parse_args(command[1:])
+        return cli.build_parser().parse_args(command[1:])
 
 
 @pytest.mark.parametrize("kubernetes", [OLDEST, KUBERNETES])
@@ -115,16 +102,16 @@ def test_chat_nodes_get_only_settings_the_node_reads(
     deployment = one(manifests, "Deployment", f"{RELEASE}-chat")
     chat = container(deployment)
     env = env_of(chat)
-    assert set(ours(env)) <= names_read(config.add_node_flags), name
+    assert set(ours(env)) <= options.env_names(NodeSettings), name
     assert_otel(env, name, "chat-node")
     assert {"NATS_URL", "NODE_ID", "PORT", "HOST", "STREAM_REPLICAS"} <= set(env)
 
     args = parse(chat["command"], env, monkeypatch)
     assert args.command == "node"
-    settings = config.node_settings(args)  # every value the chart sets is accepted
+    settings = cli.node_settings(args, env)  # every value the chart sets is accepted
     assert settings.node_id == "rel-chat-0"
     assert settings.port == port_named(chat, "http")
-    assert settings.stream.replicas == 3
+    assert settings.log.stream.replicas == 3
     assert "KEEP_PER_CHANNEL" in env and (settings.keep_per_channel is None) == (
         env["KEEP_PER_CHANNEL"] == "0"
     )
@@ -154,10 +141,10 @@ def test_archiver_and_job_get_only_settings_they_read(
     name, manifests = rendered
     archiver = container(one(manifests, "Deployment", f"{RELEASE}-archiver"))
     env = env_of(archiver)
-    assert set(ours(env)) <= names_read(config.add_service_flags, 8100), name
+    assert set(ours(env)) <= options.env_names(ArchiverSettings), name
     assert_otel(env, name, "archiver")
     args = parse(archiver["command"], env, monkeypatch)
-    settings = config.archiver_settings(args)
+    settings = options.build(ArchiverSettings, args, env)
     assert settings.port == port_named(archiver, "http")
     served = {route.path for route in create_archiver(settings).routes}
     assert archiver["readinessProbe"]["httpGet"]["path"] in served
@@ -169,10 +156,11 @@ def test_archiver_and_job_get_only_settings_they_read(
         return
     job = container(jobs[0])
     job_env = env_of(job)
-    assert set(job_env) <= names_read(config.add_stream_flags)
+    assert set(job_env) <= options.env_names(LogSettings)
     args = parse(job["command"], job_env, monkeypatch)
     assert args.command == "ensure-stream"
-    assert config.stream_spec(args).replicas == int(job_env["STREAM_REPLICAS"])
+    spec = options.build(LogSettings, args, job_env).stream
+    assert spec.replicas == int(job_env["STREAM_REPLICAS"])
 
 
 def test_services_reach_nats_where_the_chart_runs_it(
@@ -191,7 +179,7 @@ def test_services_reach_nats_where_the_chart_runs_it(
     ]
     for kind, workload in (("Deployment", "chat"), ("Deployment", "archiver")):
         env = env_of(container(one(manifests, kind, f"{RELEASE}-{workload}")))
-        assert config.nats_urls(env["NATS_URL"]) == tuple(expected), (name, workload)
+        assert nats_urls(env["NATS_URL"]) == tuple(expected), (name, workload)
         # The stream needs a quorum of its replicas among the servers the chart runs.
         assert int(env["STREAM_REPLICAS"]) <= replicas
 

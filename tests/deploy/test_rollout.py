@@ -19,7 +19,7 @@ import pytest
 import websockets
 
 from chat_cluster.local import Service
-from chat_cluster.natsserver import free_port
+from chat_cluster.processes import free_port
 from tests.deploy.chart import RELEASE, container, env_of, one, render
 from tests.faults.checker import check
 from tests.faults.harness import Cluster

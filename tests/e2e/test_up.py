@@ -1,5 +1,6 @@
 """End to end through ``chat-cluster up``, as a user runs it: the seed's walkthrough."""
 
+import contextlib
 import json
 import os
 import random
@@ -13,7 +14,7 @@ from typing import IO
 import pytest
 
 from chat_cluster.local import Ports
-from chat_cluster.natsserver import port_free
+from chat_cluster.processes import port_free
 from tests.support import PYTHON, all_messages, get_json, http, nats_cli, status_of, wait_until
 
 
@@ -215,3 +216,94 @@ def test_three_nats_servers_with_an_r3_stream(tmp_path: Path) -> None:
         assert "routes" in conf and "sync_interval: always" in conf
     finally:
         cluster.stop()
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "chat_cluster", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def child_pids(data: Path) -> list[int]:
+    state = json.loads((data / "cluster.json").read_text())
+    return [s["pid"] for s in state["services"].values()] + [n["pid"] for n in state["nats"]]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its dead parent's reaper) is not alive.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    return False
+
+
+def test_up_owns_its_directory_and_the_clients_find_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = Up(free_base(1), data, "--nodes", "1")
+    first.start()
+    try:
+        assert first.proc is not None
+        before = (data / "cluster.json").read_text()
+        # A second `up` on the same directory, whatever its ports, is refused: one line.
+        second = cli("up", "--base-port", str(free_base(1)), "--data-dir", str(data))
+        assert second.returncode == 2, second.stdout
+        assert second.stderr.count("\n") == 1
+        assert f"already running here (pid {first.proc.pid})" in second.stderr
+        assert (data / "cluster.json").read_text() == before  # the first is untouched
+        assert status_of(first.node(1) + "/readyz") == 200
+
+        # send, tail and status find the running cluster from its cluster.json.
+        sent = cli("send", "--data-dir", str(data), "found you")
+        assert sent.returncode == 0 and sent.stdout.startswith("seq=1 "), sent.stderr
+        tailed = cli("tail", "--data-dir", str(data), "--after", "0", "--count", "1")
+        assert tailed.stdout.splitlines() == ["[1] anonymous: found you"], tailed.stderr
+        assert cli("status", "--data-dir", str(data)).returncode == 0
+        # A node address without a scheme means http.
+        bare = first.node(1).removeprefix("http://")
+        assert cli("send", "--node", bare, "bare").stdout.startswith("seq=2 ")
+
+        # `down` stops it, and every child with it.
+        children = child_pids(data)
+        stopped = cli("down", "--data-dir", str(data))
+        assert stopped.returncode == 0, stopped.stderr
+        wait_until(lambda: first.proc is not None and first.proc.poll() is not None, what="up")
+        wait_until(lambda: not any(alive(p) for p in children), what="children gone")
+        assert cli("down", "--data-dir", str(data)).returncode == 1  # nothing runs now
+    finally:
+        first.stop()
+
+    # The directory holds a 1-server store: a 3-server cluster on it is refused by name.
+    other = cli("up", "--nats-cluster", "3", "--base-port", str(free_base(3, 3)),
+                "--data-dir", str(data))  # fmt: skip
+    assert other.returncode == 2 and other.stderr.count("\n") == 1
+    assert "--nats-cluster 1" in other.stderr, other.stderr
+
+
+def test_children_die_with_a_killed_up(tmp_path: Path) -> None:
+    cluster = Up(free_base(1), tmp_path / "data", "--nodes", "1")
+    cluster.start()
+    try:
+        assert cluster.proc is not None
+        children = child_pids(cluster.data)
+        assert len(children) == 3 and all(alive(p) for p in children)
+        cluster.proc.kill()  # SIGKILL: `up` runs no cleanup at all
+        cluster.proc.wait(10)
+        wait_until(lambda: not any(alive(p) for p in children), timeout=30, what="children gone")
+    finally:
+        cluster.stop()
+
+
+def test_bad_arguments_give_one_line(tmp_path: Path) -> None:
+    for args, named in (
+        (["up", "--base-port", "65500"], "--base-port 65500"),
+        (["up", "--nodes", "0"], "--nodes='0'"),
+        (["up", "--nats-cluster", "2"], "--nats-cluster='2'"),
+        (["send", "--node", "ftp://x", "hi"], "--node='ftp://x'"),
+        (["send", "--channel", "no/slash", "hi"], "--channel='no/slash'"),
+    ):
+        out = cli(*args, "--data-dir", str(tmp_path))
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert out.stderr.count("\n") == 1 and named in out.stderr, (args, out.stderr)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from chat_cluster.local import Service
-from chat_cluster.natsserver import NatsServer, ServerConfig, free_port
+from chat_cluster.natsserver import NatsServer, ServerConfig
+from chat_cluster.processes import free_port
 from tests.faults.proxy import Proxies, Proxy
 from tests.support import wait_until
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import threading
 
-from chat_cluster.natsserver import free_port
+from chat_cluster.processes import free_port
 
 
 class Proxy:

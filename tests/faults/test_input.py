@@ -17,9 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chat_cluster.local import Service
-from tests.conftest import NodeProcs
 from tests.faults.load import CHANNELS
-from tests.support import all_messages, get_json, http, wait_until
+from tests.support import NodeProcs, all_messages, get_json, http, wait_until
 
 FUZZ = settings(
     max_examples=150,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chatlog import ChatLog, StreamSpec
+from chatlog import ChatLog, LogSettings
 from tests.faults.checker import Report, check
 from tests.faults.harness import Cluster
 from tests.faults.load import CHANNELS, Load
@@ -252,7 +252,7 @@ async def test_a_deleted_and_recreated_stream_is_a_new_epoch_everywhere(r1: Clus
     load = Load(lambda: live(r1), r1.nats_urls, per_worker=100)
     load.start()
     await until_acked(load, 60)
-    log = await ChatLog.connect(r1.nats_urls.split(","), name="test", spec=StreamSpec())
+    log = await ChatLog.open(LogSettings(nats_urls=tuple(r1.nats_urls.split(","))), "test")
     try:
         old = (await log.info()).epoch
         await log.delete_stream()

@@ -22,14 +22,11 @@ import telemetry
 from archiver.app import create_app as create_archiver
 from archiver.settings import ArchiverSettings
 from chat.app import create_app
-from chat.follower import Follower
 from chat.metrics import NodeMetrics
-from chat.replica import Replica
-from chat.ws import Hub
+from chat.node import Node
 from chat_cluster.natsserver import NatsServer
-from chatlog import ChatLog
-from tests.conftest import node_settings
-from tests.support import until, wait_until
+from chatlog import ChatLog, LogSettings
+from tests.support import log_settings, node_settings, until, wait_until
 
 _exporter = InMemorySpanExporter()
 
@@ -178,15 +175,14 @@ def test_metrics_parse_and_count_known_traffic(nats: NatsServer, chatlog: ChatLo
 
 
 async def _publish_poison(url: str) -> None:
-    from chatlog import StreamSpec
 
-    log = await ChatLog.connect([url], name="poison", spec=StreamSpec())
+    log = await ChatLog.open(LogSettings(nats_urls=(url,)), "poison")
     await log.publish("a", b'{"text": ""}', "poison-1")
     await log.close()
 
 
 def test_the_archiver_serves_metrics_by_route(nats: NatsServer, chatlog: ChatLog) -> None:
-    settings = ArchiverSettings(nats_urls=(nats.config.url,))
+    settings = ArchiverSettings(log=log_settings(nats))
     with TestClient(create_archiver(settings)) as archiver:
         wait_until(lambda: archiver.get("/readyz").status_code == 200, what="archiver ready")
         for _ in range(3):
@@ -211,11 +207,11 @@ def test_the_archiver_serves_metrics_by_route(nats: NatsServer, chatlog: ChatLog
 async def test_lag_is_reported_while_behind_and_returns_to_zero(
     nats: NatsServer, chatlog: ChatLog
 ) -> None:
-    settings = node_settings(nats, node_id="lagging")
+    settings = node_settings(nats, node_id="lagging", snapshot_every=0)
     tele = telemetry.start("chat-node", "lagging", {})
-    replica = Replica(settings.stream.max_text)
-    follower = Follower(settings, replica)
-    NodeMetrics(tele.meter("chat"), replica, follower, Hub())
+    node = Node.create(settings, tele.meter("chat"), tracing=False)
+    NodeMetrics(tele.meter("chat"), node)
+    follower, replica = node.follower, node.replica
 
     def page() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         return samples(telemetry.render(tele.reader.get_metrics_data()))
@@ -230,12 +226,9 @@ async def test_lag_is_reported_while_behind_and_returns_to_zero(
     task.cancel()  # the node stops applying; the stream goes on
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    stale = follower.chatlog
     for i in range(50):
         await chatlog.publish("a", json.dumps({"text": f"{i}"}).encode(), f"later-{i}")
     await follower.refresh()  # what the watchdog does every second
-    assert stale is not None
-    await stale.close()  # run() below connects again
     behind = page()
     assert value(behind, "chat_replication_lag") == 50
     assert value(behind, "chat_replica_applied_seq") == first
@@ -252,5 +245,4 @@ async def test_lag_is_reported_while_behind_and_returns_to_zero(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        assert follower.chatlog is not None
-        await follower.chatlog.close()
+        await node.chatlog.close()

@@ -12,8 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import NodeProcs
-from tests.support import PYTHON, http, wait_until
+from tests.support import PYTHON, NodeProcs, http, wait_until
 
 
 class Collector:

@@ -2,6 +2,10 @@
 
 import msgspec
 
+PAGE_DEFAULT = 100
+PAGE_MAX = 1000
+"""Records per page: ``limit`` defaults to PAGE_DEFAULT and may be at most PAGE_MAX."""
+
 
 class MessagesPage(msgspec.Struct, frozen=True):
     channel: str

@@ -1,4 +1,4 @@
-"""One place that turns errors into ``{"error": code, "detail": text}`` responses."""
+"""The HTTP exception handlers: every error becomes ``{"error": code, "detail": text}``."""
 
 import logging
 from typing import Any
@@ -6,10 +6,11 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from servicekit.errors import ServiceError
-from servicekit.wire import Problem
+from chatlog import LogError
+from servicekit.errors import ServiceError, problem_of
+from servicekit.shapes import Problem
 
-log = logging.getLogger("chat.http")
+log = logging.getLogger("servicekit.problems")
 
 _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
@@ -20,8 +21,9 @@ def _problem(status: int, code: str, detail: str) -> Response[Any]:
     )
 
 
-def chat_error(_: Request[Any, Any, Any], exc: ServiceError) -> Response[Any]:
-    return _problem(exc.status, exc.code, exc.detail)
+def service_error(_: Request[Any, Any, Any], exc: ServiceError | LogError) -> Response[Any]:
+    problem = problem_of(exc)
+    return _problem(problem.status, problem.code, problem.detail)
 
 
 def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
@@ -43,7 +45,8 @@ def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 
 
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
-    ServiceError: chat_error,
+    ServiceError: service_error,
+    LogError: service_error,
     ValidationException: validation_error,
     HTTPException: http_error,
     Exception: internal_error,

@@ -1,0 +1,64 @@
+"""A chat node's parts, created once and shared by its routes, and their lifecycle."""
+
+from dataclasses import dataclass
+
+from opentelemetry.metrics import Meter
+
+from chat.follower import Follower
+from chat.replica import Replica
+from chat.saver import Saver
+from chat.settings import NodeSettings
+from chat.writes import SendMetrics, Writer
+from chat.ws import Hub
+from chatlog import ChatLog
+from servicekit.tasks import Background
+
+
+@dataclass(frozen=True)
+class Node:
+    settings: NodeSettings
+    chatlog: ChatLog
+    """The one log handle: the follower, the writer, history reads and the saver share it."""
+    replica: Replica
+    follower: Follower
+    writer: Writer
+    hub: Hub
+    background: Background
+    """The node's tasks (follower, snapshot saver): started by ``start``, ended by ``stop``."""
+
+    @classmethod
+    def create(cls, settings: NodeSettings, meter: Meter, tracing: bool) -> "Node":
+        chatlog = ChatLog(settings.log, name=f"chat-node {settings.node_id}")
+        replica = Replica(settings.log.stream.max_text, settings.keep_per_channel)
+        return cls(
+            settings=settings,
+            chatlog=chatlog,
+            replica=replica,
+            follower=Follower(settings, replica, chatlog),
+            writer=Writer(chatlog, replica, SendMetrics(meter), tracing),
+            hub=Hub(),
+            background=Background(),
+        )
+
+    @property
+    def ready(self) -> bool:
+        """The /readyz answer: the follower runs and has caught up, and we are not draining."""
+        return self.follower.ready and not self.hub.draining
+
+    @property
+    def saves_snapshots(self) -> bool:
+        # A bounded node holds only the newest records: its state is not the whole log's.
+        return self.settings.snapshot_every > 0 and self.settings.keep_per_channel is None
+
+    def start(self) -> None:
+        self.background.start("follower", self.follower.run())
+        if self.saves_snapshots:
+            saver = Saver(self.chatlog, self.follower, self.replica, self.settings.snapshot_every)
+            self.background.start("snapshot saver", saver.run(self.settings.snapshot_interval))
+
+    async def stop(self) -> None:
+        """WebSockets close with 1001 first (clients resume elsewhere), then the tasks end,
+        then the connection drains."""
+        await self.hub.drain(self.settings.grace)
+        await self.background.stop()
+        await self.chatlog.close()

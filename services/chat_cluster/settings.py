@@ -1,0 +1,113 @@
+"""Settings of the ``chat-cluster`` commands that are not services: ``up``, ``down``,
+``status``, and the clients ``send`` and ``tail``. Defaults live here and only here."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from chatlog import DEFAULT_CHANNEL, InvalidInput, check_channel
+from options import int_at_least, port, setting
+
+DEFAULT_DATA_DIR = "./.chat-cluster"
+FALLBACK_NODE = "http://127.0.0.1:8001"
+
+
+def _data_dir(help: str) -> str:
+    return setting(DEFAULT_DATA_DIR, flag="--data-dir", env="CHAT_CLUSTER_DIR", help=help)  # type: ignore[no-any-return]
+
+
+def nats_servers(raw: str) -> int:
+    value = int(raw)
+    if value not in (1, 3):
+        raise ValueError("must be 1 (one server, R1 stream) or 3 (a cluster, R3 stream)")
+    return value
+
+
+@dataclass(frozen=True)
+class UpSettings:
+    nodes: int = setting(
+        3, flag="--nodes", env=None, parse=int_at_least(1, 99), help="chat nodes to start"
+    )
+    base_port: int | None = setting(
+        None, flag="--base-port", env=None, parse=port,
+        help="move every port: nodes B+1.., archiver B+100, NATS B+200.., routes B+210.., "
+        "monitor B+220..",
+        shown="nodes 8001.., archiver 8100, NATS 4222, routes 6222, monitor 8222",
+    )  # fmt: skip
+    data_dir: str = _data_dir("NATS store, logs, credentials and cluster.json")
+    nats_cluster: int = setting(
+        1, flag="--nats-cluster", env=None, parse=nats_servers,
+        help="1 nats-server (R1 stream) or 3 (R3)",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DirSettings:
+    """``down`` and ``status``: which local cluster."""
+
+    data_dir: str = _data_dir("the directory `chat-cluster up` runs in")
+
+
+def node_url(raw: str) -> str:
+    """``http://host:port``; ``host:port`` alone means http."""
+    url = raw.strip()
+    if "://" not in url:
+        url = "http://" + url
+    url = url.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be a chat node's base URL, such as http://127.0.0.1:8001")
+    if parts.path or parts.query:
+        raise ValueError("must be a base URL without a path, such as http://127.0.0.1:8001")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise ValueError(f"bad port: {exc}") from exc
+    return url
+
+
+def channel(raw: str) -> str:
+    try:
+        return check_channel(raw)
+    except InvalidInput as exc:
+        raise ValueError(exc.detail) from exc
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    node: str | None = setting(
+        None, flag="--node", env="CHAT_NODE", parse=node_url,
+        help="chat node base URL",
+        shown=f"the first node in <data-dir>/cluster.json if `up` runs there, else {FALLBACK_NODE}",
+    )  # fmt: skip
+    data_dir: str = _data_dir("where to look for cluster.json when --node is not given")
+    channel: str = setting(
+        DEFAULT_CHANNEL, flag="--channel", env="CHAT_CHANNEL", parse=channel, help="channel"
+    )
+
+    def nodes(self) -> list[str]:
+        """The node to use, then any others the local cluster has (for failover)."""
+        if self.node is not None:
+            return [self.node]
+        found = local_nodes(Path(self.data_dir))
+        return found or [FALLBACK_NODE]
+
+
+def local_nodes(data_dir: Path) -> list[str]:
+    """The chat nodes' URLs from a running ``up``'s cluster.json, in node order."""
+    try:
+        state = json.loads((data_dir / "cluster.json").read_text())
+    except (OSError, ValueError):
+        return []
+    services = state.get("services", {}) if isinstance(state, dict) else {}
+    return [
+        service["url"]
+        for name, service in sorted(services.items(), key=lambda kv: _node_number(kv[0]))
+        if name.startswith("node-") and isinstance(service, dict) and "url" in service
+    ]
+
+
+def _node_number(name: str) -> int:
+    tail = name.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 0
