@@ -146,6 +146,14 @@ def natscli(session: nox.Session) -> None:
 def lock(session: nox.Session) -> None:
     """Regenerate the hash-pinned lock files from pyproject.toml."""
     session.install("pip-tools==7.6.2")
-    common = ["--generate-hashes", "--strip-extras", "--allow-unsafe", "pyproject.toml"]
+    # --no-emit-find-links: a PIP_FIND_LINKS of the machine that locks must not end up in
+    # the files (it names a directory no other machine has).
+    common = [
+        "--generate-hashes",
+        "--strip-extras",
+        "--allow-unsafe",
+        "--no-emit-find-links",
+        "pyproject.toml",
+    ]
     session.run("pip-compile", "-q", "--extra", "dev", "-o", "requirements/dev.lock", *common)
     session.run("pip-compile", "-q", "-o", "requirements/run.lock", *common)

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chat.settings import NodeSettings
+from chat_cluster.credentials import Credentials
 from chat_cluster.local import Service
-from chat_cluster.natsserver import NatsServer, ServerConfig
+from chat_cluster.natsserver import Auth, NatsServer, ServerConfig
 from chat_cluster.processes import free_port
-from chatlog import LogSettings, StreamSpec
+from chatlog import ChatLog, LogSettings, StreamSpec
+from chatlog.roles import ADMIN, ARCHIVER, NODE
 
 T = TypeVar("T")
 
@@ -107,20 +109,59 @@ def nats_cli() -> str | None:
 PYTHON = sys.executable
 
 
-def start_server(nats_bin: Path, workdir: Path, name: str = "t1") -> NatsServer:
-    """A standalone nats-server on free ports with its store under ``workdir``, ready."""
-    config = ServerConfig(name, workdir / f"js-{name}", free_port(), free_port())
-    server = NatsServer(nats_bin, config, workdir)
+STORE = 256 * 1024 * 1024
+"""JetStream storage of a test server's account: the log gets 80% of it, snapshots 15%."""
+
+
+def auth(creds: Credentials, store: int = STORE) -> Auth:
+    return Auth(creds.users(), store, creds.route_password)
+
+
+def said(text: str, **fields: Any) -> bytes:
+    """A node's payload for ``text`` (what a chat node publishes on ``chat.<channel>.node``)."""
+    return json.dumps({"text": text, **fields}).encode()
+
+
+def start_server(
+    nats_bin: Path, workdir: Path, creds: Credentials, name: str = "t1", **config: Any
+) -> NatsServer:
+    """A standalone nats-server on free ports with its store under ``workdir``, ready,
+    admitting only the holders of ``creds`` (each with its role's permissions)."""
+    settings = ServerConfig(
+        name,
+        workdir / f"js-{name}",
+        free_port(),
+        free_port(),
+        auth=auth(creds),
+        store_bytes=STORE,
+        **config,
+    )
+    server = NatsServer(nats_bin, settings, workdir, creds=creds)
     server.start()
     server.wait_ready()
     return server
 
 
-def log_settings(nats: NatsServer, **stream: Any) -> LogSettings:
-    """How the tests reach the log: short timeouts, so failures show quickly."""
+def log_settings(nats: NatsServer, role: str = NODE) -> LogSettings:
+    """How the tests reach the log as ``role``: short timeouts, so failures show quickly."""
+    assert nats.creds is not None
     return LogSettings(
-        nats_urls=(nats.config.url,), publish_timeout=3.0, stream=StreamSpec(**stream)
+        nats_urls=(nats.config.url,), creds=str(nats.creds.path(role)), publish_timeout=3.0
     )
+
+
+async def open_log(nats: NatsServer, role: str = ADMIN) -> ChatLog:
+    """A connected ChatLog with ``role``'s credentials (admin by default)."""
+    return await ChatLog.open(log_settings(nats, role), f"test {role}", role)
+
+
+async def ensure_streams(nats: NatsServer, **spec: Any) -> None:
+    """What ``up`` and the chart's Job do before any service starts."""
+    chatlog = await open_log(nats, ADMIN)
+    try:
+        await chatlog.ensure_stream(StreamSpec(**spec))
+    finally:
+        await chatlog.close()
 
 
 def node_settings(nats: NatsServer, **overrides: Any) -> NodeSettings:
@@ -157,12 +198,18 @@ class NodeProcs:
             name,
             *extra,
         ]
-        return self._start(Service(name, args, port, self._workdir / f"{name}.log"), wait)
+        service = Service(name, args, port, self._workdir / f"{name}.log", env=self._env(NODE))
+        return self._start(service, wait)
 
     def archiver(self) -> Service:
         port = free_port()
         args = ["archiver", "--nats-url", self._nats.config.url, "--port", str(port)]
-        return self._start(Service("archiver", args, port, self._workdir / "archiver.log"), True)
+        log = self._workdir / "archiver.log"
+        return self._start(Service("archiver", args, port, log, env=self._env(ARCHIVER)), True)
+
+    def _env(self, role: str) -> dict[str, str]:
+        assert self._nats.creds is not None
+        return self._nats.creds.env(role)
 
     def _start(self, service: Service, wait: bool) -> Service:
         service.start()

@@ -11,6 +11,7 @@ from archiver.api import ROUTES
 from archiver.reader import Reader
 from archiver.settings import ArchiverSettings
 from chatlog import ChatLog
+from chatlog.roles import ARCHIVER
 from servicekit.problems import EXCEPTION_HANDLERS
 from servicekit.tasks import Background
 from telemetry import Telemetry
@@ -19,7 +20,7 @@ from telemetry.http import metrics, middleware
 
 def create_app(settings: ArchiverSettings, telemetry_: Telemetry | None = None) -> Litestar:
     tele = telemetry_ or telemetry.start("archiver", f"{settings.host}:{settings.port}", {})
-    chatlog = ChatLog(settings.log, name="archiver")
+    chatlog = ChatLog(settings.log, name="archiver", role=ARCHIVER)
     reader = Reader(chatlog, settings.export_page)
     background = Background()
 

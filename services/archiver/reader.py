@@ -23,7 +23,7 @@ class Reader:
         placement" until its servers have met, and a conflicting stream needs an operator.
         Either way the archiver stays not ready and says why."""
         await retry(self.chatlog.connect, SERVICE, "connect to NATS")
-        await retry(self.chatlog.ensure_stream, SERVICE, "ensure the stream")
+        await retry(self.chatlog.check_stream, SERVICE, "check the stream")
         self.ready = True
         log.info("archiver ready")
 

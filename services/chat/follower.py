@@ -5,20 +5,29 @@ on a fresh replica), so there is no hand-over between "history" and "live"
 where a message could fall through. Whatever goes wrong (NATS restart, gap,
 stall, deleted stream) ends the same way: close the consumer, check the
 epoch, and start a new one from applied+1.
+
+Every second the watchdog also checks that the log still holds everything the
+replica applied (no seq beyond the log's end, no fewer entries than applied), and
+every few seconds it compares one random held record and the newest with the
+log's own. A replica that fails either is rebuilt from the log alone (Diverged).
 """
 
 import asyncio
 import logging
+import random
 import time
+from collections import Counter
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from chat import snapshot
+from chat.logstate import LogState
 from chat.replica import Replica
 from chat.settings import NodeSettings
-from chatlog import ChatLog, LogEntry, LogError, LogInfo, Tail, TailBroken
+from chatlog import ChatLog, LogEntry, LogError, LogInfo, Record, Tail, TailBroken, take
 from chatlog.names import channel_of
+from chatlog.records import encode_record
 from chatlog.retry import FOLLOW, SERVICE, Backoff, retry
 from telemetry import context_of
 
@@ -30,13 +39,57 @@ RECONNECT_AFTER = 3
 """Consecutive consumer resets without progress before we try another NATS server."""
 
 
+class Diverged(TailBroken):
+    """The replica holds something the log does not: it must be rebuilt from the log."""
+
+    code = "diverged"
+
+
+class Suspicion:
+    """A difference from the log is acted on only once it has been seen for ``confirm``
+    seconds. Right after a partition a server that has not yet learnt it lost its
+    leadership can answer with an older state of the stream for a moment; a log that
+    really lost entries stays that way."""
+
+    def __init__(self, what: str, confirm: float) -> None:
+        self._what = what
+        self._confirm = confirm
+        self._since: float | None = None
+        self.seq: int | None = None
+        """The seq to look at again, for a suspicion about one record."""
+
+    def observe(self, problem: str | None, seq: int | None = None) -> None:
+        if problem is None:
+            self._since, self.seq = None, None
+            return
+        now = time.monotonic()
+        if self._since is None:
+            self._since, self.seq = now, seq
+            log.warning("%s may differ from the log (%s); looking again", self._what, problem)
+        elif now - self._since >= self._confirm:
+            raise Diverged(problem)
+
+
+def channel_name(subject: str) -> str:
+    where = channel_of(subject)
+    return where[0] if where else ""
+
+
 class Follower:
     """The owner of the replica's state: applies the log to it, for as long as it runs."""
 
-    def __init__(self, settings: NodeSettings, replica: Replica, chatlog: ChatLog) -> None:
+    def __init__(
+        self, settings: NodeSettings, replica: Replica, chatlog: ChatLog, log_state: LogState
+    ) -> None:
         self._settings = settings
         self._replica = replica
         self._chatlog = chatlog
+        self._log_state = log_state
+        self._rebuild: str | None = None
+        self._ends = Suspicion("the replica", settings.diverge_after)
+        self._records = Suspicion("a record", settings.diverge_after)
+        self.snapshot_rejections: Counter[str] = Counter()
+        """Snapshots not trusted at bootstrap, by reason (then the node replayed the log)."""
         self.alive = False
         """True while ``run`` runs: a node whose follower has ended serves a frozen replica
         and must not say it is ready."""
@@ -81,7 +134,11 @@ class Follower:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not isinstance(exc, LogError):
+                if isinstance(exc, Diverged):
+                    # Not a glitch: what we serve is not the log. Start over from the log.
+                    log.error("replica differs from the log: %s; rebuilding it", exc.detail)
+                    self._rebuild = "diverged"
+                elif not isinstance(exc, LogError):
                     # Not expected, so say everything about it; then do what is always
                     # safe: start again from applied+1. A follower that died here would
                     # leave the node serving a frozen replica.
@@ -106,20 +163,26 @@ class Follower:
                 await backoff.wait()
 
     async def _bootstrap_and_follow(self) -> None:
-        # Every (re)start checks the stream: a deleted stream is created again, and a
-        # stream with a new creation time is a new log that replaces everything we hold.
-        info = await self._chatlog.ensure_stream()
-        self.stream_last_seq = info.last_seq
-        if info.epoch != self._replica.epoch:
+        # Every (re)start checks the stream: a stream with a new creation time is a new log
+        # that replaces everything we hold, and a replica that was found to differ from
+        # the log is rebuilt from the log alone (a snapshot may be what differed).
+        info = await self._chatlog.check_stream()
+        self._observe(info)
+        rebuild, self._rebuild = self._rebuild, None
+        if info.epoch != self._replica.epoch or rebuild is not None:
+            self._ends.observe(None)
+            self._records.observe(None)
+            loaded = None
+            if rebuild is None:
+                loaded = await snapshot.fetch(self._chatlog, info, self.snapshot_rejections)
             # Fetched before the reset: reset and restore then happen with no await between
             # them, so a WebSocket cannot join the new epoch half-way through the restore.
-            state = await snapshot.fetch(self._chatlog, info)
-            self._replica.reset(info.epoch, info.max_text)
+            self._replica.reset(info.epoch, info.max_text, rebuild or "epoch")
             self.snapshot_seq = 0
-            if state is not None:
-                snapshot.restore(self._replica, state)
-                self.snapshot_seq = state.applied
-                del state  # the decoded blobs: hundreds of MB on a long log
+            if loaded is not None:
+                snapshot.restore(self._replica, *loaded)
+                self.snapshot_seq = loaded[0].seq
+                del loaded  # the decoded blobs: hundreds of MB on a long log
                 snapshot.give_back_memory()
             self.target = info.last_seq
             log.info(
@@ -134,8 +197,65 @@ class Follower:
     async def refresh(self) -> LogInfo:
         """Look at the stream now: its last seq is what the lag metrics compare with."""
         info = await self._chatlog.info()
-        self.stream_last_seq = info.last_seq
+        self._observe(info)
         return info
+
+    def _observe(self, info: LogInfo) -> None:
+        self.stream_last_seq = info.last_seq
+        self._log_state.info = info
+
+    async def _check_equal(self) -> None:
+        """Raise Diverged when this replica holds what the log does not.
+
+        The replica's position is read before asking the stream: the log only grows,
+        so a stream that is behind that position, or holds fewer entries up to it than
+        were applied, has lost entries (deleted, purged, or a different store)."""
+        replica = self._replica
+        applied, count = replica.applied, replica.digest.count
+        info = await self.refresh()
+        if info.epoch != replica.epoch:
+            raise TailBroken(f"stream has a new epoch {info.epoch}")
+        problem = None
+        at_most = info.messages - (info.last_seq - applied)
+        if applied > info.last_seq:
+            problem = f"holds seq {applied}, but the log ends at seq {info.last_seq}"
+        elif count > at_most or (applied == info.last_seq and count != info.messages):
+            problem = (
+                f"applied {count} entries up to seq {applied}, the log holds {at_most} "
+                "up to there: entries were deleted or purged"
+            )
+        self._ends.observe(problem)
+
+    async def _audit(self) -> None:
+        """Compare one held seq (random, or the one under suspicion), and the newest, with
+        the log's own entry."""
+        replica = self._replica
+        applied = replica.applied
+        if applied == 0:
+            return
+        looked = self._records.seq or random.randint(1, applied)
+        for seq in (looked, applied):
+            entry = await self._chatlog.entry_at(seq)
+            if replica.applied < applied or replica.epoch is None:
+                return  # rebuilt meanwhile
+            problem = self._compare(seq, entry)
+            if problem is not None or seq == applied:
+                self._records.observe(problem, seq)
+                if problem is not None:
+                    return
+
+    def _compare(self, seq: int, entry: LogEntry | None) -> str | None:
+        replica = self._replica
+        if entry is None:
+            return f"seq {seq} is applied here but not in the log"
+        taken = take(entry, replica.max_text)
+        if isinstance(taken, Record):
+            if replica.holds(taken.channel, seq):
+                if replica.record_at(taken.channel, seq) != encode_record(taken).decode():
+                    return f"seq {seq} differs from the log's"
+        elif replica.record_at(channel_name(entry.subject), seq) is not None:
+            return f"seq {seq} is skipped by the log's rule but served here"
+        return None
 
     def _trace(self, entries: list[LogEntry], started: int) -> None:
         """An apply span (and a delivery span) per message that came with a traceparent,
@@ -145,7 +265,7 @@ class Follower:
             if entry.trace_parent is None:
                 continue
             ended = ended or time.time_ns()
-            channel = channel_of(entry.subject) or ""
+            channel = channel_name(entry.subject)
             apply = tracer.start_span(
                 "chat.apply",
                 context=context_of(entry.trace_parent),
@@ -176,6 +296,7 @@ class Follower:
         now = time.monotonic()
         last_progress = now
         next_check = now + settings.watchdog_interval
+        next_audit = now + settings.audit_interval
         while True:
             entries = await tail.batch(max_wait=settings.watchdog_interval / 2)
             now = time.monotonic()
@@ -199,11 +320,17 @@ class Follower:
             if self._chatlog.reconnects != reconnects:
                 # The consumer may not have survived the reconnection: start a new one.
                 raise TailBroken("reconnected to NATS")
+            if now >= next_audit:
+                # Sooner while a record is under suspicion: confirm or clear it quickly.
+                next_audit = now + (
+                    settings.watchdog_interval if self._records.seq else settings.audit_interval
+                )
+                await self._audit()
             if now >= next_check:
                 next_check = now + settings.watchdog_interval
-                info = await self.refresh()
-                if info.epoch != self._replica.epoch:
-                    raise TailBroken(f"stream has a new epoch {info.epoch}")
+                await self._check_equal()
+                info = self._log_state.info
+                assert info is not None
                 behind = info.last_seq > self._replica.applied
                 if behind and now - last_progress > settings.stall_after:
                     raise TailBroken(

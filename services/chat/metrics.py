@@ -39,7 +39,16 @@ class NodeMetrics:
         counter("chat.messages.skipped", [self._skipped], "{message}",
                 "Stored messages skipped by the payload rule, by reason")  # fmt: skip
         counter("chat.replica.rebuilds", [self._rebuilds], "{rebuild}",
-                "Epoch changes: the stream was replaced and the replica rebuilt")  # fmt: skip
+                "Replica rebuilt from nothing, by reason: epoch (the stream was replaced), "
+                "diverged (the replica held what the log does not)")  # fmt: skip
+        counter("chat.snapshot.rejected", [self._snapshot_rejected], "{snapshot}",
+                "Snapshots not trusted at bootstrap, by reason (the log is replayed)")  # fmt: skip
+        gauge("chat.log.usage", [self._log_usage], "1",
+              "Bytes stored over the log's byte limit (0 without a limit)")  # fmt: skip
+        gauge("chat.log.full", [self._log_full], "1",
+              "1 while sends are refused because the log is at its byte limit")  # fmt: skip
+        gauge("chat.log.append_only", [self._append_only], "1",
+              "1 when the stream denies deletes and purges")  # fmt: skip
         counter("chat.consumer.resets", [self._resets], "{reset}",
                 "Ordered-consumer resets (gap, stall, reconnect, error)")  # fmt: skip
         counter("chat.nats.reconnects", [self._reconnects], "{reconnect}",
@@ -86,7 +95,21 @@ class NodeMetrics:
             yield Observation(count, {"reason": reason})
 
     def _rebuilds(self, _: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(self._replica.rebuilds)
+        for reason, count in self._replica.rebuilds.items():
+            yield Observation(count, {"reason": reason})
+
+    def _snapshot_rejected(self, _: CallbackOptions) -> Iterable[Observation]:
+        for reason, count in self._follower.snapshot_rejections.items():
+            yield Observation(count, {"reason": reason})
+
+    def _log_usage(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._node.log_state.usage)
+
+    def _log_full(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(int(self._node.log_state.full))
+
+    def _append_only(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(int(self._node.log_state.append_only))
 
     def _resets(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self._follower.resets)

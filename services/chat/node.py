@@ -5,12 +5,15 @@ from dataclasses import dataclass
 from opentelemetry.metrics import Meter
 
 from chat.follower import Follower
+from chat.logstate import LogState
 from chat.replica import Replica
 from chat.saver import Saver
 from chat.settings import NodeSettings
 from chat.writes import SendMetrics, Writer
 from chat.ws import Hub
 from chatlog import ChatLog
+from chatlog.roles import NODE
+from chatlog.stream import DEFAULT_MAX_TEXT
 from servicekit.tasks import Background
 
 
@@ -25,19 +28,24 @@ class Node:
     hub: Hub
     background: Background
     """The node's tasks (follower, snapshot saver): started by ``start``, ended by ``stop``."""
+    log_state: LogState
+    """The stream as last seen (limits, append-only) and whether sends are refused as full."""
 
     @classmethod
     def create(cls, settings: NodeSettings, meter: Meter, tracing: bool) -> "Node":
-        chatlog = ChatLog(settings.log, name=f"chat-node {settings.node_id}")
-        replica = Replica(settings.log.stream.max_text, settings.keep_per_channel)
+        chatlog = ChatLog(settings.log, name=f"chat-node {settings.node_id}", role=NODE)
+        # The text limit is the log's own: the replica takes it from the stream at bootstrap.
+        replica = Replica(DEFAULT_MAX_TEXT, settings.keep_per_channel)
+        log_state = LogState()
         return cls(
             settings=settings,
             chatlog=chatlog,
             replica=replica,
-            follower=Follower(settings, replica, chatlog),
-            writer=Writer(chatlog, replica, SendMetrics(meter), tracing),
+            follower=Follower(settings, replica, chatlog, log_state),
+            writer=Writer(chatlog, replica, log_state, SendMetrics(meter), tracing),
             hub=Hub(),
             background=Background(),
+            log_state=log_state,
         )
 
     @property
@@ -48,7 +56,12 @@ class Node:
     @property
     def saves_snapshots(self) -> bool:
         # A bounded node holds only the newest records: its state is not the whole log's.
-        return self.settings.snapshot_every > 0 and self.settings.keep_per_channel is None
+        # Without a secret to sign with, no node could trust what it saved.
+        return (
+            self.settings.snapshot_every > 0
+            and self.settings.keep_per_channel is None
+            and self.chatlog.snapshots_enabled
+        )
 
     def start(self) -> None:
         self.background.start("follower", self.follower.run())

@@ -10,10 +10,13 @@ import logging
 from array import array
 from bisect import bisect_right
 from collections import Counter
+from dataclasses import dataclass
 from typing import Protocol
 
 from chat.wire import message_frame
 from chatlog import LogEntry, Record, take
+from chatlog import digest as digest_rules
+from chatlog.digest import Digest, entry_bytes
 from chatlog.records import channel_json, compact_record, expand_record
 
 log = logging.getLogger("chat.replica")
@@ -85,6 +88,18 @@ class ChannelLog:
         return self.seqs[-1] if self.seqs else 0
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """The replica's counters at the newest digest block boundary: where a snapshot is
+    taken, so that it carries the digest state exactly (see :mod:`chatlog.digest`)."""
+
+    seq: int
+    count: int
+    chain: bytes
+    applied_total: int
+    skipped: dict[str, int]
+
+
 class Replica:
     def __init__(self, default_max_text: int, keep_per_channel: int | None = None) -> None:
         self.keep = keep_per_channel
@@ -94,20 +109,25 @@ class Replica:
         self.channels: dict[str, ChannelLog] = {}
         self.skipped: Counter[str] = Counter()
         self.applied_total = 0
-        self.rebuilds = 0
-        """Epoch changes after the first: each one dropped everything and started over."""
+        self.rebuilds: Counter[str] = Counter()
+        """Rebuilds after the first bootstrap, by reason (a new epoch; a replica that no
+        longer equals the log): each one dropped everything and started over."""
+        self.digest = Digest()
+        """Of every entry applied this epoch (records and skipped ones alike)."""
+        self.checkpoint = Checkpoint(0, 0, self.digest.chain, 0, {})
         self.last_stored_ns = 0
         """stored_at of the newest applied entry: how far behind the log's head we are."""
         self._listeners: dict[str, set[Listener]] = {}
         self._progress = asyncio.Event()
 
-    def reset(self, epoch: str, max_text: int) -> None:
-        """Start over for a new log. Listeners are told, then dropped."""
+    def reset(self, epoch: str, max_text: int, reason: str = "epoch") -> None:
+        """Start over (a new log, or this one from scratch). Listeners are told, then
+        dropped."""
         if self.epoch is not None:
-            self.rebuilds += 1
+            self.rebuilds[reason] += 1
             log.warning(
-                "epoch changed from %s to %s: rebuilding from nothing",
-                self.epoch, epoch, extra={"epoch": epoch},
+                "rebuilding from nothing (%s): epoch %s -> %s",
+                reason, self.epoch, epoch, extra={"epoch": epoch, "reason": reason},
             )  # fmt: skip
         self.epoch = epoch
         self.applied = 0
@@ -117,6 +137,8 @@ class Replica:
         # counters restart with a rebuild, which Prometheus reads as a counter reset.
         self.skipped = Counter()
         self.applied_total = 0
+        self.digest = Digest()
+        self.checkpoint = Checkpoint(0, 0, self.digest.chain, 0, {})
         self.last_stored_ns = 0
         listeners = {listener for group in self._listeners.values() for listener in group}
         self._listeners = {}
@@ -128,34 +150,73 @@ class Replica:
         """Apply entries in order. Each seq is applied at most once: the tail starts at
         applied+1 and checks its own order, so a seq at or below ``applied`` means a bug
         upstream, and we refuse it rather than serve it twice."""
+        digest = self.digest
+        block = digest_rules.BLOCK
+        hashed: list[bytes] = []
         for entry in entries:
             if entry.seq <= self.applied:
                 log.error("refused seq %d: already applied up to %d", entry.seq, self.applied)
                 continue
+            hashed.append(entry_bytes(entry))
+            digest.count += 1
             taken = take(entry, self.max_text)
             self.applied = entry.seq
-            if not isinstance(taken, Record):
+            if isinstance(taken, Record):
+                self._add(taken)
+            else:
                 self.skipped[taken.reason] += 1
                 log.warning(
                     "skipped seq %d (%s): %s",
                     taken.seq, taken.reason, taken.detail,
                     extra={"seq": taken.seq, "reason": taken.reason},
                 )  # fmt: skip
-                continue
-            self.applied_total += 1
-            fields, stored_us = compact_record(taken)
-            channel = self.channels.get(taken.channel)
-            if channel is None:
-                channel = self.channels[taken.channel] = ChannelLog(taken.channel)
-            channel.append(taken.seq, fields, stored_us, self.keep)
-            listeners = self._listeners.get(taken.channel)
-            if listeners:
-                frame = message_frame(channel.record_json(-1))
-                for listener in tuple(listeners):
-                    listener.push(taken.channel, taken.seq, frame)
+            if digest.count % block == 0:
+                digest.feed(hashed)
+                hashed = []
+                digest.close_block()
+                self.checkpoint = Checkpoint(
+                    entry.seq, digest.count, digest.chain, self.applied_total, dict(self.skipped)
+                )
+        if hashed:
+            digest.feed(hashed)
         if entries:
             self.last_stored_ns = entries[-1].stored_ns
             self._wake()
+
+    def position(self) -> Checkpoint:
+        """Where the replica is now, as a checkpoint; ``chain`` is that of the last closed
+        block, so only at a block boundary does it carry the whole digest."""
+        digest = self.digest
+        return Checkpoint(
+            self.applied, digest.count, digest.chain, self.applied_total, dict(self.skipped)
+        )
+
+    def _add(self, taken: Record) -> None:
+        self.applied_total += 1
+        fields, stored_us = compact_record(taken)
+        channel = self.channels.get(taken.channel)
+        if channel is None:
+            channel = self.channels[taken.channel] = ChannelLog(taken.channel)
+        channel.append(taken.seq, fields, stored_us, self.keep)
+        listeners = self._listeners.get(taken.channel)
+        if listeners:
+            frame = message_frame(channel.record_json(-1))
+            for listener in tuple(listeners):
+                listener.push(taken.channel, taken.seq, frame)
+
+    def record_at(self, channel: str, seq: int) -> str | None:
+        """The record this replica holds at ``seq`` in ``channel``, as it would serve it."""
+        found = self.channels.get(channel)
+        if found is None:
+            return None
+        index = bisect_right(found.seqs, seq) - 1
+        if index < 0 or found.seqs[index] != seq:
+            return None
+        return found.record_json(index)
+
+    def holds(self, channel: str, seq: int) -> bool:
+        """False when ``seq`` of ``channel`` is older than what a bounded node keeps."""
+        return seq > self.dropped_through(channel)
 
     def read(self, channel: str, after: int, limit: int) -> list[tuple[int, str]]:
         found = self.channels.get(channel)

@@ -8,7 +8,7 @@ import time
 from chat import snapshot
 from chat.follower import Follower
 from chat.replica import Replica
-from chatlog import ChatLog, LogError
+from chatlog import ChatLog, LogError, SnapshotRejected
 
 log = logging.getLogger("chat.snapshot")
 
@@ -49,12 +49,19 @@ class Saver:
             return False  # catching up: saving now would only slow that down
         if self._newest[0] != replica.epoch:
             self._newest = (replica.epoch, 0)
-        if replica.applied - self._newest[1] < self._every:
+        # Snapshots are taken at the newest digest block boundary, at most a block back.
+        position = replica.checkpoint.seq
+        if position - self._newest[1] < self._every:
             return False
-        meta = await chatlog.snapshot_meta()
+        try:
+            meta = await chatlog.snapshot_meta()
+        except SnapshotRejected as exc:
+            # Not one of ours (forged, or altered): ours replaces it as the newest.
+            log.error("the newest snapshot is not trusted (%s): saving a new one", exc.detail)
+            meta = None
         if meta is not None and meta.epoch == replica.epoch and meta.format == snapshot.FORMAT:
             self._newest = (meta.epoch, max(self._newest[1], meta.seq))
-            if replica.applied - meta.seq < self._every:
+            if position - meta.seq < self._every:
                 return False  # another node saved one recently
         started = time.monotonic()
         captured = await snapshot.capture_live(replica)
@@ -62,7 +69,8 @@ class Saver:
             return False  # the log was replaced meanwhile
         meta, body = captured
         encoded = time.monotonic()
-        await chatlog.save_snapshot(meta, body)
+        if not await chatlog.save_snapshot(meta, body):
+            return False  # no key to sign with
         size = len(body)
         del body
         snapshot.give_back_memory()

@@ -62,6 +62,11 @@ class NodeSettings:
     stall_after: float = 2.0
     """Reset the consumer when the stream is ahead and nothing was applied for this long."""
     watchdog_interval: float = 1.0
+    audit_interval: float = 10.0
+    """How often one random held record, and the newest, are compared with the log's."""
+    diverge_after: float = 5.0
+    """How long a difference from the log must last before the replica is rebuilt (a
+    partitioned server can answer with an older state of the stream for a moment)."""
     ws_max_channels: int = 100
     ws_bad_frames: int = 10
     """Consecutive bad frames before a WebSocket is closed with 1008."""

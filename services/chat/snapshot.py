@@ -2,11 +2,13 @@
 :mod:`chat.saver`).
 
 A snapshot is the replica's whole state after applying every seq up to ``seq``
-of one epoch. Loading it and tailing from seq+1 must give exactly the state a
-full replay gives; that holds because apply is deterministic (the same
-``take`` rule, the stream's own ``max_text``) and the stream never deletes
-messages (no limits). Anything doubtful (another epoch, another format, a
-seq beyond the stream, an unreadable body) means "replay from the log".
+of one epoch, taken at a digest block boundary (``Replica.checkpoint``) so it
+carries the log's digest there too. Loading it and tailing from seq+1 must give
+exactly the state a full replay gives; that holds because apply is deterministic
+(the same ``take`` rule, the stream's own ``max_text``) and the stream never
+deletes messages (append-only). Anything doubtful (not signed by a node, another
+epoch, another format, a seq beyond the stream, an unreadable body) means
+"replay from the log".
 """
 
 import asyncio
@@ -17,16 +19,19 @@ import sys
 import time
 from array import array
 from bisect import bisect_right
+from collections import Counter
 
 import msgspec
 
-from chat.replica import ChannelLog, Replica
-from chatlog import ChatLog, LogError, LogInfo, SnapshotMeta
+from chat.replica import ChannelLog, Checkpoint, Replica
+from chatlog import ChatLog, LogError, LogInfo, SnapshotMeta, SnapshotRejected
+from chatlog.digest import Digest
 
 log = logging.getLogger("chat.snapshot")
 
-FORMAT = 2
-"""Bump when the state's shape or the meaning of a record changes."""
+FORMAT = 3
+"""Bump when the state's shape or the meaning of a record changes. 3: schema-2 logs
+(node and raw subjects), the digest state in the signed manifest."""
 
 
 class ChannelState(msgspec.Struct, array_like=True, gc=False):
@@ -90,16 +95,24 @@ CHUNK = 50_000
 """Records joined between two yields to the event loop while a live node captures."""
 
 
-async def capture_live(replica: Replica) -> tuple[SnapshotMeta, bytes] | None:
-    """The replica's state at the seq S applied when this starts, built a channel (and at
-    most CHUNK records) at a time, so the node keeps delivering meanwhile.
+async def capture_live(
+    replica: Replica, at: Checkpoint | None = None
+) -> tuple[SnapshotMeta, bytes] | None:
+    """The replica's state at its newest checkpoint S (a digest block boundary, at most
+    a block behind what is applied), built a channel (and at most CHUNK records) at a
+    time, so the node keeps delivering meanwhile.
 
     Appends after S are left out by seq. That gives exactly the state at S because a
     node that saves holds everything (nothing is trimmed) and a channel's records only
-    ever grow at the end. None if the epoch changed meanwhile."""
+    ever grow at the end. None if the epoch changed meanwhile, or no block is closed.
+    ``at`` takes the state at another point (``Replica.position()``: the whole replica,
+    for comparing two of them)."""
     assert replica.keep is None and replica.epoch is not None
-    epoch, seq = replica.epoch, replica.applied
-    applied_total, skipped = replica.applied_total, dict(replica.skipped)
+    checkpoint = at or replica.checkpoint
+    if checkpoint.count == 0:
+        return None
+    epoch, seq = replica.epoch, checkpoint.seq
+    applied_total, skipped = checkpoint.applied_total, checkpoint.skipped
     states = []
     # The channels as they are at S: one created later holds only seqs after S.
     for name, channel in list(replica.channels.items()):
@@ -130,7 +143,14 @@ async def capture_live(replica: Replica) -> tuple[SnapshotMeta, bytes] | None:
         skipped=skipped,
         channels=states,
     )
-    return SnapshotMeta(epoch=epoch, seq=seq, format=FORMAT), _encoder.encode(state)
+    meta = SnapshotMeta(
+        epoch=epoch,
+        seq=seq,
+        format=FORMAT,
+        count=checkpoint.count,
+        chain=checkpoint.chain.hex(),
+    )
+    return meta, _encoder.encode(state)
 
 
 def decode(meta: SnapshotMeta, body: bytes, info: LogInfo) -> ReplicaState | None:
@@ -149,12 +169,16 @@ def decode(meta: SnapshotMeta, body: bytes, info: LogInfo) -> ReplicaState | Non
     return state
 
 
-def restore(replica: Replica, state: ReplicaState) -> None:
+def restore(replica: Replica, meta: SnapshotMeta, state: ReplicaState) -> None:
     """Load ``state`` into a replica that was just reset for the same epoch."""
     assert replica.epoch == state.epoch and replica.applied == 0
     replica.applied = state.applied
     replica.applied_total = state.applied_total
     replica.skipped.update(state.skipped)
+    replica.digest = Digest(meta.count, bytes.fromhex(meta.chain))
+    replica.checkpoint = Checkpoint(
+        state.applied, meta.count, replica.digest.chain, state.applied_total, dict(state.skipped)
+    )
     for channel_state in state.channels:
         channel = ChannelLog(channel_state.name)
         seqs = _int64s(channel_state.seqs)
@@ -186,13 +210,21 @@ def usable(meta: SnapshotMeta | None, info: LogInfo) -> bool:
     )
 
 
-async def fetch(chatlog: ChatLog, info: LogInfo) -> ReplicaState | None:
-    """The newest usable snapshot for this stream, or None (then replay everything)."""
+async def fetch(
+    chatlog: ChatLog, info: LogInfo, rejected: Counter[str]
+) -> tuple[SnapshotMeta, ReplicaState] | None:
+    """The newest usable snapshot for this stream, or None (then replay everything). One
+    that must not be trusted (not signed by a node, altered, cut short) is counted in
+    ``rejected`` and logged: then, too, the node replays the log."""
     started = time.monotonic()
     try:
         if not usable(await chatlog.snapshot_meta(), info):
             return None
         loaded = await chatlog.load_snapshot()
+    except SnapshotRejected as exc:
+        rejected[exc.code] += 1
+        log.error("snapshot rejected (%s); replaying the whole log", exc.detail)
+        return None
     except LogError as exc:
         log.warning("no snapshot used (%s); replaying the whole log", exc)
         return None
@@ -204,9 +236,11 @@ async def fetch(chatlog: ChatLog, info: LogInfo) -> ReplicaState | None:
         return None  # replaced between the two reads by one we cannot use
     meta, body = loaded
     state = decode(meta, body, info)
-    if state is not None:
-        log.info(
-            "loaded snapshot of seq %d (%d bytes) in %.2fs",
-            meta.seq, len(body), time.monotonic() - started,
-        )  # fmt: skip
-    return state
+    if state is None:
+        rejected["inconsistent"] += 1
+        return None
+    log.info(
+        "loaded snapshot of seq %d (%d bytes) in %.2fs",
+        meta.seq, len(body), time.monotonic() - started,
+    )  # fmt: skip
+    return meta, state

@@ -32,6 +32,14 @@ class Progress(msgspec.Struct, frozen=True):
     skipped: int
     resets: int
     snapshot_seq: int
+    entries: int
+    """Entries applied this epoch (records and skipped ones): the digest's count."""
+    digest: str
+    """The log's digest at ``applied`` as this replica computed it (chat-cluster verify)."""
+    append_only: bool
+    log_full: bool
+    log_usage: float
+    """Bytes stored / the log's byte limit (0 without a limit)."""
 
 
 # WebSocket, client to node: a tagged union on "op".

@@ -8,9 +8,10 @@ from opentelemetry import trace
 from opentelemetry.metrics import Meter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from chat.logstate import LogState
 from chat.replica import Replica
 from chat.wire import SendResult
-from chatlog import ChatLog, LogError, check_channel, subject_for
+from chatlog import ChatLog, LogError, LogFull, check_channel, node_subject
 from chatlog.records import Payload, encode_payload
 from servicekit.errors import bad_request
 from telemetry import current_traceparent
@@ -41,10 +42,16 @@ class SendMetrics:
 
 class Writer:
     def __init__(
-        self, chatlog: ChatLog, replica: Replica, metrics: SendMetrics, tracing: bool
+        self,
+        chatlog: ChatLog,
+        replica: Replica,
+        log_state: LogState,
+        metrics: SendMetrics,
+        tracing: bool,
     ) -> None:
         self._chatlog = chatlog
         self._replica = replica
+        self._log_state = log_state
         self._metrics = metrics
         # Without a TracerProvider the spans would be no-ops, yet entering two of them costs
         # about 10 us a send (measured, bench figure 7): skip them altogether.
@@ -85,7 +92,7 @@ class Writer:
                 kind=SpanKind.PRODUCER,
                 attributes={
                     "messaging.system": "nats",
-                    "messaging.destination.name": subject_for(channel),
+                    "messaging.destination.name": node_subject(channel),
                     "messaging.message.id": msg_id,
                 },
             ) as span:
@@ -101,10 +108,13 @@ class Writer:
         except LogError as exc:
             # Counted here, answered by the one error path (HTTP handler, WebSocket frame).
             self._metrics.errors.add(1, {"kind": exc.code})
+            if isinstance(exc, LogFull):
+                self._log_state.refused_as_full()
             if span is not None:
                 span.set_status(Status(StatusCode.ERROR, exc.detail))
             raise
         self._metrics.duration.record(time.perf_counter() - started)
+        self._log_state.stored()
         if ack.duplicate:
             self._metrics.duplicates.add(1)
         if span is not None:

@@ -1,4 +1,5 @@
-"""``chat-cluster``: up, down, status, node, archiver, ensure-stream, send, tail, nats-server.
+"""``chat-cluster``: up, down, status, node, archiver, ensure-stream, verify, creds, send,
+tail, nats-server.
 
 Every flag of the services comes from their settings dataclasses (:mod:`options`):
 ``--help`` shows each default and its environment variable.
@@ -12,13 +13,26 @@ import os
 import socket
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import options
 from archiver.settings import ArchiverSettings
 from chat.settings import NodeSettings
+from chat_cluster.credentials import Credentials
 from chat_cluster.natsserver import NatsServerError, checked_binary, resolve_binary
-from chat_cluster.settings import ClientSettings, DirSettings, UpSettings
+from chat_cluster.settings import (
+    ClientSettings,
+    DirSettings,
+    EnsureSettings,
+    UpSettings,
+    VerifySettings,
+    local_nats,
+    local_nodes,
+    role,
+)
 from chatlog import LogError, LogSettings, StreamConflict
+from chatlog.errors import Forbidden
+from chatlog.roles import ROLES
 from options import ConfigError
 
 ENSURE_TIMEOUT = 120.0
@@ -49,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ensure-stream",
         "create the CHAT stream (or check the existing one) and print it; retries until NATS "
         "and JetStream answer or --timeout passes",
-        LogSettings,
+        EnsureSettings,
     )
     ensure.add_argument(
         "--timeout",
@@ -57,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=ENSURE_TIMEOUT,
         help=f"seconds to keep trying (default: {ENSURE_TIMEOUT:g})",
     )
+
+    command(
+        "verify",
+        "compare every node's replica with the log (the digest at each node's applied seq); "
+        "exit 1 naming each node and the first seq that differs",
+        VerifySettings,
+    )
+    creds = command(
+        "creds",
+        "print the path of a role's NATS credentials in a local cluster's data directory "
+        "(an nkey seed file: `nats --nkey PATH`, NATS_CREDS=PATH)",
+        DirSettings,
+    )
+    creds.add_argument("role", type=role, help=f"one of {', '.join(ROLES)}")
 
     send = command("send", "send a message through a chat node", ClientSettings)
     send.add_argument("text")
@@ -118,8 +146,18 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from chat_cluster.status import show
 
         return show(options.build(DirSettings, args, env).data_dir)
+    if command == "creds":
+        path = Credentials(Path(options.build(DirSettings, args, env).data_dir) / "creds")
+        found = path.path(args.role)
+        if not found.exists():
+            print(f"chat-cluster creds: no {found}; start `chat-cluster up` there once")
+            return 1
+        print(found.resolve())
+        return 0
+    if command == "verify":
+        return _verify(options.build(VerifySettings, args, env))
     if command == "ensure-stream":
-        return _ensure_stream(options.build(LogSettings, args, env), args.timeout)
+        return _ensure_stream(options.build(EnsureSettings, args, env), args.timeout)
     if command in ("send", "tail"):
         from chat_cluster import client
 
@@ -165,14 +203,33 @@ def _archiver(settings: ArchiverSettings, env: Mapping[str, str]) -> int:
     return 0
 
 
-def _ensure_stream(settings: LogSettings, timeout: float) -> int:
+def _verify(settings: VerifySettings) -> int:
+    from chat_cluster.verify import verify
+
+    data = Path(settings.data_dir)
+    nodes = [(url, url) for url in settings.nodes]
+    if not nodes:
+        nodes = [(f"node-{i}", url) for i, url in enumerate(local_nodes(data), 1)]
+    if not nodes:
+        raise ConfigError(f"no --nodes given and no running cluster in {data}")
+    log = settings.log
+    if not log.has_credentials and (data / "creds" / "archiver.nk").exists():
+        log = dataclasses.replace(log, creds=str(data / "creds" / "archiver.nk"))
+    if log.nats_urls == LogSettings().nats_urls and local_nats(data):
+        log = dataclasses.replace(log, nats_urls=local_nats(data))
+    return asyncio.run(verify(log, nodes))
+
+
+def _ensure_stream(settings: EnsureSettings, timeout: float) -> int:
     from chat_cluster.admin import ensure_stream
     from servicekit import logs
 
     logs.configure("ensure-stream", "WARNING")
     try:
-        info = asyncio.run(ensure_stream(settings, timeout, "chat-cluster ensure-stream"))
-    except StreamConflict as exc:
+        info = asyncio.run(
+            ensure_stream(settings.log, settings.stream, timeout, "chat-cluster ensure-stream")
+        )
+    except (StreamConflict, Forbidden) as exc:
         print(f"chat-cluster ensure-stream: {exc}", file=sys.stderr)
         return 1
     except LogError as exc:

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +24,12 @@ from pathlib import Path
 from typing import IO
 
 from chat_cluster.admin import ensure_stream
-from chat_cluster.natsserver import NatsServer, ServerConfig, checked_binary
+from chat_cluster.credentials import Credentials
+from chat_cluster.natsserver import Auth, NatsServer, ServerConfig, checked_binary
 from chat_cluster.processes import die_with_parent, port_free, terminate
 from chat_cluster.settings import UpSettings
 from chatlog import LogError, LogSettings, StreamSpec
+from chatlog.roles import ADMIN, ARCHIVER, NODE
 from options import ConfigError
 
 HOST = "127.0.0.1"
@@ -224,9 +227,9 @@ class LocalCluster:
     def run(self) -> int:
         with owned(self.data):
             check_layout(self.data, self.settings.nats_cluster)
-            return self._run()
+            return self._run(Credentials.ensure(self.data))
 
-    def _run(self) -> int:
+    def _run(self, creds: Credentials) -> int:
         for name, port in self.ports.named():
             if not port_free(port, HOST):
                 print(
@@ -238,7 +241,7 @@ class LocalCluster:
         binary, version = checked_binary()
         logs = self.data / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        servers = self._nats_servers(binary)
+        servers = self._nats_servers(binary, creds)
         services: list[Service] = []
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -249,12 +252,13 @@ class LocalCluster:
                 server.wait_ready(30)
             urls = tuple(s.config.url for s in servers)
             replicas = 3 if len(servers) == 3 else 1
-            log = LogSettings(nats_urls=urls, stream=StreamSpec(replicas=replicas))
+            log = LogSettings(nats_urls=urls, creds=str(creds.path(ADMIN)))
+            spec = StreamSpec(replicas=replicas)
             try:
-                asyncio.run(ensure_stream(log, STREAM_DEADLINE, "chat-cluster up"))
+                asyncio.run(ensure_stream(log, spec, STREAM_DEADLINE, "chat-cluster up"))
             except LogError as exc:
                 raise ClusterError(f"cannot ensure the CHAT stream: {exc}") from exc
-            services = self._services(",".join(urls), replicas, logs)
+            services = self._services(",".join(urls), logs, creds)
             for service in services:
                 service.start()
             self._wait_ready(services, timeout=60)
@@ -274,9 +278,17 @@ class LocalCluster:
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stop = True
 
-    def _nats_servers(self, binary: Path) -> list[NatsServer]:
+    def _store_bytes(self) -> int:
+        free = shutil.disk_usage(self.data).free
+        return min(self.settings.store_bytes, free // 2)
+
+    def _nats_servers(self, binary: Path, creds: Credentials) -> list[NatsServer]:
         servers = []
+        store = self._store_bytes()
         count = len(self.ports.nats)
+        # The account's storage is what all servers hold together: JetStream counts each
+        # replica of a stream against it.
+        auth = Auth(creds.users(), store * count, creds.route_password)
         for i in range(count):
             name = f"n{i + 1}"
             routes = tuple(p for j, p in enumerate(self.ports.nats_cluster) if j != i)
@@ -287,25 +299,35 @@ class LocalCluster:
                 monitor_port=self.ports.nats_monitor[i],
                 cluster_port=self.ports.nats_cluster[i] if count > 1 else None,
                 routes=routes,
+                auth=auth,
+                store_bytes=store,
             )
             servers.append(NatsServer(binary, config, self.data / "logs", bound_to_parent=True))
         return servers
 
-    def _services(self, urls: str, replicas: int, logs: Path) -> list[Service]:
-        common = ["--nats-url", urls, "--host", HOST, "--stream-replicas", str(replicas)]
+    def _services(self, urls: str, logs: Path, creds: Credentials) -> list[Service]:
+        common = ["--nats-url", urls, "--host", HOST]
         services = [
             Service(
                 "archiver",
                 ["archiver", *common, "--port", str(self.ports.archiver)],
                 self.ports.archiver,
                 logs / "archiver.log",
+                env=creds.env(ARCHIVER),
                 bound_to_parent=True,
             )
         ]
         for i, port in enumerate(self.ports.nodes, 1):
             args = ["node", *common, "--port", str(port), "--node-id", f"node-{i}"]
             services.append(
-                Service(f"node-{i}", args, port, logs / f"node-{i}.log", bound_to_parent=True)
+                Service(
+                    f"node-{i}",
+                    args,
+                    port,
+                    logs / f"node-{i}.log",
+                    env=creds.env(NODE),
+                    bound_to_parent=True,
+                )
             )
         return services
 
@@ -345,7 +367,11 @@ class LocalCluster:
         for name, url, pid in rows:
             metrics = f"metrics {url}/metrics" if url.startswith("http") else ""
             print(f"  {name:<{width}}  {url:<26} pid {pid:<8} {metrics}".rstrip())
-        print("`chat-cluster status` shows readiness, applied seq, lag and connections")
+        print("`chat-cluster status` shows readiness, applied seq, lag and connections;")
+        print(
+            "NATS wants credentials: `chat-cluster creds publisher` (for `nats pub`), "
+            "`creds admin` (streams)"
+        )
         print(
             f"data: {self.data}   logs: {self.data / 'logs'}   Ctrl-C stops everything", flush=True
         )

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from chat_cluster.credentials import Credentials, NatsUser
 from chat_cluster.processes import die_with_parent, terminate
+from chatlog.roles import permissions
+
+ACCOUNT = "CHAT"
+ACCOUNT_MEMORY = 256 * 1024 * 1024
+"""The account's memory storage: the replicas' ephemeral consumers keep their state there."""
 
 MIN_VERSION = (2, 12, 5)
 ENV_BIN = "NATS_SERVER_BIN"
@@ -80,8 +86,67 @@ def checked_binary(env: Mapping[str, str] | None = None) -> tuple[Path, str]:
 
 
 @dataclass(frozen=True)
+class Auth:
+    """Who may connect, and to do what (:mod:`chatlog.roles`); no one else may. Also the
+    JetStream storage the account gets, which ``ensure-stream`` shares out."""
+
+    users: tuple[NatsUser, ...]
+    account_storage: int
+    route_password: str | None = None
+
+    def render(self) -> list[str]:
+        lines = [
+            "accounts {",
+            f"  {ACCOUNT} {{",
+            f"    jetstream {{ max_file: {self.account_storage}, max_mem: {ACCOUNT_MEMORY} }}",
+            "    users: [",
+        ]
+        for user in self.users:
+            who = (
+                f'nkey: "{user.nkey}"'
+                if user.nkey
+                else f'user: "{user.name}", password: "{user.password}"'
+            )
+            granted = permissions(user.role)
+            if granted is None:
+                lines.append(f"      {{ {who} }}")
+                continue
+            subscribe = f"allow: {_list(granted.subscribe)}" if granted.subscribe else 'deny: [">"]'
+            lines.append(
+                f"      {{ {who}, permissions: {{ publish: {{ allow: {_list(granted.publish)} }}, "
+                f"subscribe: {{ {subscribe} }} }} }}"
+            )
+        lines += ["    ]", "  }", "}"]
+        return lines
+
+
+@dataclass(frozen=True)
+class Tls:
+    """Server certificate, its key, and (for clients' certificates) a CA."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    verify_clients: bool = False
+
+    def render(self) -> list[str]:
+        lines = ["tls {", f'  cert_file: "{self.cert}"', f'  key_file: "{self.key}"']
+        if self.ca is not None:
+            lines.append(f'  ca_file: "{self.ca}"')
+        if self.verify_clients:
+            lines.append("  verify: true")
+        return [*lines, "}"]
+
+
+def _list(subjects: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f'"{s}"' for s in subjects) + "]"
+
+
+@dataclass(frozen=True)
 class ServerConfig:
-    """One nats-server. ``routes`` lists the cluster ports of its peers (empty: standalone)."""
+    """One nats-server. ``routes`` lists the cluster ports of its peers (empty: standalone).
+    Without ``auth`` anyone who reaches it may do anything: only the fault suite's
+    proxies-and-no-auth cases and old data use that; ``up`` and the tests pass auth."""
 
     name: str
     store_dir: Path
@@ -95,11 +160,16 @@ class ServerConfig:
     """Route address told to peers (gossip); tests point it away so routes use proxies."""
     no_advertise: bool = False
     """Do not tell clients about the other servers' addresses."""
+    auth: Auth | None = None
+    tls: Tls | None = None
+    store_bytes: int | None = None
+    """JetStream's file store limit on this server (max_file_store)."""
 
     def render(self) -> str:
         # sync_interval: always makes "acknowledged" mean "fsynced". The default (2 min)
         # lost acknowledged writes in Jepsen's 2025 analysis of NATS 2.12.1.
         sync = "  sync_interval: always\n" if self.sync_always else ""
+        store = f"  max_file_store: {self.store_bytes}" if self.store_bytes else ""
         lines = [
             f"server_name: {self.name}",
             f"listen: {self.host}:{self.port}",
@@ -108,16 +178,25 @@ class ServerConfig:
             "jetstream {",
             f'  store_dir: "{self.store_dir}"',
             sync.rstrip("\n"),
+            store,
             "}",
         ]
+        if self.auth is not None:
+            lines += self.auth.render()
+        if self.tls is not None:
+            lines += self.tls.render()
         if self.cluster_port is not None:
-            routes = ", ".join(f"nats-route://{self.host}:{p}" for p in self.routes)
+            secret = self.auth.route_password if self.auth is not None else None
+            who = f"route:{secret}@" if secret else ""
+            routes = ", ".join(f"nats-route://{who}{self.host}:{p}" for p in self.routes)
             lines += [
                 "cluster {",
                 "  name: chat-cluster",
                 f"  listen: {self.host}:{self.cluster_port}",
                 f"  routes: [{routes}]",
             ]
+            if secret:
+                lines.append(f'  authorization {{ user: route, password: "{secret}" }}')
             if self.cluster_advertise:
                 lines.append(f'  advertise: "{self.cluster_advertise}"')
             if self.no_advertise:
@@ -134,9 +213,16 @@ class NatsServer:
     """A nats-server child process. Restartable on the same store."""
 
     def __init__(
-        self, binary: Path, config: ServerConfig, workdir: Path, bound_to_parent: bool = False
+        self,
+        binary: Path,
+        config: ServerConfig,
+        workdir: Path,
+        bound_to_parent: bool = False,
+        creds: Credentials | None = None,
     ) -> None:
         self.binary = binary
+        self.creds = creds
+        """The credentials of the users ``config.auth`` admits, when we made them."""
         self.bound_to_parent = bound_to_parent
         """Started with PR_SET_PDEATHSIG: dies with the process that started it."""
         self.config = config
@@ -147,6 +233,9 @@ class NatsServer:
 
     def start(self) -> None:
         self.config.store_dir.mkdir(parents=True, exist_ok=True)
+        # The configuration names the users and the route password: for our eyes only.
+        self.conf_path.touch(mode=0o600)
+        self.conf_path.chmod(0o600)
         self.conf_path.write_text(self.config.render())
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

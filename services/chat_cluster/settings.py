@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from chatlog import DEFAULT_CHANNEL, InvalidInput, check_channel
-from options import int_at_least, port, setting
+from chatlog import DEFAULT_CHANNEL, InvalidInput, LogSettings, StreamSpec, check_channel
+from chatlog.roles import ROLES
+from options import byte_size, int_at_least, nested, port, setting
 
 DEFAULT_DATA_DIR = "./.chat-cluster"
 FALLBACK_NODE = "http://127.0.0.1:8001"
@@ -39,6 +40,12 @@ class UpSettings:
     nats_cluster: int = setting(
         1, flag="--nats-cluster", env=None, parse=nats_servers,
         help="1 nats-server (R1 stream) or 3 (R3)",
+    )  # fmt: skip
+    store_bytes: int = setting(
+        4 * 1024**3, flag="--store-bytes", env=None, parse=byte_size,
+        help="JetStream storage of each nats-server (80% goes to the log, 15% to "
+        "snapshots); never more than half the disk's free space when `up` starts",
+        shown="4GiB",
     )  # fmt: skip
 
 
@@ -111,3 +118,43 @@ def local_nodes(data_dir: Path) -> list[str]:
 def _node_number(name: str) -> int:
     tail = name.rpartition("-")[2]
     return int(tail) if tail.isdigit() else 0
+
+
+def node_urls(raw: str) -> tuple[str, ...]:
+    return tuple(node_url(part) for part in raw.split(",") if part.strip())
+
+
+def local_nats(data_dir: Path) -> tuple[str, ...]:
+    """The NATS URLs of a running ``up``, from its cluster.json."""
+    try:
+        state = json.loads((data_dir / "cluster.json").read_text())
+        return tuple(server["url"] for server in state.get("nats", []))
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+
+
+@dataclass(frozen=True)
+class EnsureSettings:
+    """``ensure-stream``: the admin's connection and the streams to create or check."""
+
+    log: LogSettings = nested(LogSettings)
+    stream: StreamSpec = nested(StreamSpec)
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    nodes: tuple[str, ...] = setting(
+        (), flag="--nodes", env="CHAT_NODES", parse=node_urls,
+        help="chat nodes to compare with the log (comma-separated base URLs)",
+        shown="every node in <data-dir>/cluster.json",
+    )  # fmt: skip
+    data_dir: str = _data_dir(
+        "a local cluster: its nodes, NATS and archiver credentials when not given"
+    )
+    log: LogSettings = nested(LogSettings)
+
+
+def role(raw: str) -> str:
+    if raw not in ROLES:
+        raise ValueError(f"must be one of {', '.join(ROLES)}")
+    return raw

@@ -9,17 +9,18 @@ types are in :mod:`chatlog.records`, stream and subject names in
 from chatlog.errors import (
     InvalidInput,
     LogError,
+    LogFull,
     LogRejected,
     LogUnavailable,
     StreamConflict,
     TailBroken,
 )
 from chatlog.log import ChannelStat, ChatLog, LogInfo, PubAck
-from chatlog.names import DEFAULT_CHANNEL, STREAM_NAME, check_channel, subject_for
+from chatlog.names import DEFAULT_CHANNEL, STREAM_NAME, check_channel, node_subject
 from chatlog.records import LogEntry, Record, Skip, take
 from chatlog.retry import Backoff, RetryPolicy, retry
 from chatlog.settings import LogSettings
-from chatlog.snapshot_store import SnapshotMeta
+from chatlog.snapshot_store import SnapshotMeta, SnapshotRejected
 from chatlog.stream import StreamSpec
 from chatlog.tail import Tail
 
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidInput",
     "LogEntry",
     "LogError",
+    "LogFull",
     "LogInfo",
     "LogRejected",
     "LogSettings",
@@ -41,12 +43,13 @@ __all__ = [
     "RetryPolicy",
     "Skip",
     "SnapshotMeta",
+    "SnapshotRejected",
     "StreamConflict",
     "StreamSpec",
     "Tail",
     "TailBroken",
     "check_channel",
+    "node_subject",
     "retry",
-    "subject_for",
     "take",
 ]

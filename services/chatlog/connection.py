@@ -4,8 +4,10 @@ Nothing outside this package sees a nats-py type or exception.
 """
 
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import nats
 import nats.errors
@@ -13,7 +15,8 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from chatlog.errors import LogRejected, LogUnavailable
+from chatlog.errors import Forbidden, LogRejected, LogUnavailable
+from chatlog.roles import inbox_prefix
 from chatlog.settings import LogSettings
 
 log = logging.getLogger("chatlog")
@@ -33,11 +36,16 @@ NATS_DOWN = (
 
 
 @asynccontextmanager
-async def boundary(what: str) -> AsyncIterator[None]:
-    """Translate whatever nats-py raises inside into LogUnavailable or LogRejected."""
+async def boundary(what: str, conn: "Connection | None" = None) -> AsyncIterator[None]:
+    """Translate whatever nats-py raises inside into LogUnavailable or LogRejected; a
+    request that went unanswered because NATS refused this role the subject (the server
+    says so asynchronously, the request then times out) becomes Forbidden."""
+    violations = conn.violations if conn is not None else 0
     try:
         yield
     except NATS_DOWN as exc:
+        if conn is not None and conn.violations > violations:
+            raise Forbidden(f"{what}: {conn.last_violation}") from exc
         raise LogUnavailable(f"{what}: NATS unavailable ({exc!r})") from exc
     except nats.js.errors.APIError as exc:
         raise LogRejected(f"{what}: {exc.description or exc!r} (code {exc.err_code})") from exc
@@ -60,14 +68,21 @@ class Connection:
         # Large bodies (snapshot chunks) get the publish timeout.
         self.js_slow: JetStreamContext = nc.jetstream(timeout=settings.publish_timeout)
         self.reconnects = 0
+        self.violations = 0
+        self.last_violation = ""
 
     @classmethod
-    async def open(cls, settings: LogSettings, name: str) -> "Connection":
+    async def open(cls, settings: LogSettings, name: str, role: str) -> "Connection":
         """Connect once (LogUnavailable if no server answers); reconnect for ever after."""
         conn: Connection | None = None
+        errors: list[str] = []
 
         async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
             log.warning("nats error: %s", exc)
+            if conn is not None and "permissions violation" in str(exc).lower():
+                conn.violations += 1
+                conn.last_violation = str(exc)
 
         async def on_disconnected() -> None:
             log.warning("nats disconnected")
@@ -92,10 +107,15 @@ class Connection:
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
+                # Replies and deliveries come back under the role's own prefix, the only
+                # one its NATS permissions let it subscribe to.
+                inbox_prefix=inbox_prefix(role),
+                **_credentials(settings),
             )
-        except (*NATS_DOWN, nats.errors.NoServersError) as exc:
+        except (*NATS_DOWN, nats.errors.Error) as exc:
             urls = ",".join(settings.nats_urls)
-            raise LogUnavailable(f"cannot connect to NATS at {urls}: {exc!r}") from exc
+            said = f" ({errors[-1]})" if errors else ""
+            raise LogUnavailable(f"cannot connect to NATS at {urls}: {exc!r}{said}") from exc
         # ...and unbounded once connected: a running service never gives up on NATS.
         nc.options["max_reconnect_attempts"] = -1
         conn = cls(nc, settings)
@@ -111,3 +131,22 @@ class Connection:
                 await self.nc.drain()
             except (*NATS_DOWN, nats.errors.Error):
                 await self.nc.close()
+
+
+def _credentials(settings: LogSettings) -> dict[str, Any]:
+    """nats-py's options for who we are and how the connection is protected."""
+    options: dict[str, Any] = {}
+    if settings.creds is not None:
+        if settings.creds.endswith(".creds"):
+            options["user_credentials"] = settings.creds
+        else:
+            options["nkeys_seed"] = settings.creds
+    elif settings.user is not None:
+        options["user"] = settings.user
+        options["password"] = settings.password or ""
+    if settings.tls_ca is not None:
+        context = ssl.create_default_context(cafile=settings.tls_ca)
+        if settings.tls_cert is not None:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        options["tls"] = context
+    return options

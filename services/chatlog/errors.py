@@ -36,12 +36,34 @@ class StreamConflict(LogError):
 
     code = "stream_conflict"
 
-    def __init__(self, field: str, have: object, want: object) -> None:
+    def __init__(self, field: str, have: object, want: object, stream: str = "CHAT") -> None:
         super().__init__(
-            f"stream CHAT exists with {field}={have!r}, this service needs {field}={want!r}; "
-            "fix the configuration or migrate the stream by hand"
+            f"stream {stream} exists with {field}={have!r}, this service needs "
+            f"{field}={want!r}; fix the configuration or migrate the stream by hand "
+            "(docs/security.md)"
         )
         self.field = field
+
+
+class StreamLimitUnknown(StreamConflict):
+    """ensure-stream was given no byte limit and the NATS account has none to share out."""
+
+    def __init__(self, detail: str) -> None:
+        LogError.__init__(self, detail)
+        self.field = "max_bytes"
+
+
+class LogFull(LogRejected):
+    """The log is at its byte limit: nothing was stored. Writes work again as soon as an
+    operator raises the limit (``chat-cluster ensure-stream --log-max-bytes``)."""
+
+    code = "log_full"
+
+
+class Forbidden(LogRejected):
+    """NATS refused this service's credentials the operation (permissions violation)."""
+
+    code = "nats_forbidden"
 
 
 class TailBroken(LogError):

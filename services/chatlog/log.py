@@ -1,4 +1,5 @@
-"""``ChatLog``: the verbs services use (ensure, publish, info, tail, read, snapshots).
+"""``ChatLog``: the verbs services use (check or ensure the stream, publish, info, tail,
+read, snapshots).
 
 One ``ChatLog`` is created by each service at start and handed to every part that
 needs the log. It owns its connection: ``connect`` and ``reconnect`` swap it inside,
@@ -15,18 +16,26 @@ import nats.js.errors
 from nats.js import api
 
 from chatlog.connection import Connection, boundary
-from chatlog.errors import LogUnavailable
-from chatlog.names import STREAM_NAME, SUBJECTS, channel_of, subject_for
+from chatlog.errors import LogFull, LogUnavailable, StreamLimitUnknown
+from chatlog.names import (
+    SNAPSHOT_STREAM,
+    STREAM_NAME,
+    SUBJECTS,
+    channel_filter,
+    channel_of,
+    node_subject,
+    raw_subject,
+)
 from chatlog.reads import direct_batch, leader_get
 from chatlog.records import LogEntry, Record, encode_record, take
 from chatlog.settings import LogSettings
 from chatlog.snapshot_store import SnapshotMeta, SnapshotStore
-from chatlog.stream import max_text_of
+from chatlog.stream import StreamSpec, check_log, check_snapshots, max_text_of
 from chatlog.tail import Tail
 
 log = logging.getLogger("chatlog")
 
-_STREAM_NAME_IN_USE = 10058
+_MAX_BYTES_EXCEEDED = 10077
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,15 @@ class LogInfo:
     messages: int
     max_text: int
     replicas: int
+    bytes: int
+    max_bytes: int
+    """-1: no limit."""
+    append_only: bool
+    """deny_delete and deny_purge: nothing in the log can be removed."""
+
+    @property
+    def usage(self) -> float:
+        return self.bytes / self.max_bytes if self.max_bytes > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -55,19 +73,23 @@ class ChannelStat:
 
 
 class ChatLog:
-    """The log, as one service sees it. Create once; ``connect`` before use."""
+    """The log, as one service sees it. Create once; ``connect`` before use. ``role`` is
+    the NATS role its credentials have (:mod:`chatlog.roles`)."""
 
-    def __init__(self, settings: LogSettings, name: str) -> None:
+    def __init__(self, settings: LogSettings, name: str, role: str) -> None:
         self.settings = settings
         self._name = name
+        self._role = role
         self._conn: Connection | None = None
-        self._snapshots: SnapshotStore | None = None
         self._reconnects = 0
+        self._signing_key = settings.signing_key()
+        self.warned: list[str] = []
+        """What the last stream check let pass (not append-only, no byte limit)."""
 
     @classmethod
-    async def open(cls, settings: LogSettings, name: str) -> "ChatLog":
+    async def open(cls, settings: LogSettings, name: str, role: str) -> "ChatLog":
         """A connected ChatLog (LogUnavailable if NATS does not answer)."""
-        chatlog = cls(settings, name)
+        chatlog = cls(settings, name, role)
         await chatlog.connect()
         return chatlog
 
@@ -75,15 +97,13 @@ class ChatLog:
         """Connect, unless connected already. Raises LogUnavailable if no server answers;
         once connected, nats-py reconnects by itself for ever."""
         if self._conn is None:
-            self._conn = await Connection.open(self.settings, self._name)
-            self._snapshots = SnapshotStore(self._conn.js_slow, self.settings.stream.replicas)
+            self._conn = await Connection.open(self.settings, self._name, self._role)
 
     async def reconnect(self) -> None:
         """A new connection (to a server picked at random), then the old one is closed.
         Tails of the old connection end with TailBroken."""
-        fresh = await Connection.open(self.settings, self._name)
+        fresh = await Connection.open(self.settings, self._name, self._role)
         old, self._conn = self._conn, fresh
-        self._snapshots = SnapshotStore(fresh.js_slow, self.settings.stream.replicas)
         self._reconnects += 1
         if old is not None:
             await old.close()
@@ -108,54 +128,104 @@ class ChatLog:
             raise LogUnavailable("not connected to NATS yet")
         return self._conn
 
-    async def ensure_stream(self) -> LogInfo:
-        """Create the stream, or check that the existing one is compatible. Idempotent and
-        safe under concurrent starts: JetStream accepts a create with an identical
-        config, and a racing create with another config surfaces as StreamConflict."""
+    async def _stream_info(self, stream: str) -> api.StreamInfo | None:
+        try:
+            return await self._connection().js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return None
+
+    async def check_stream(self) -> LogInfo:
+        """What every service does at start: the stream exists and means what we expect.
+        Raises LogUnavailable if it does not exist (an admin creates it: ensure-stream) and
+        StreamConflict if it means something else; what only an admin must refuse (not
+        append-only, no byte limit) is logged and kept in ``warned``."""
+        async with boundary("stream info", self._conn):
+            info = await self._stream_info(STREAM_NAME)
+        if info is None:
+            raise LogUnavailable(
+                f"stream {STREAM_NAME} does not exist: create it with "
+                "`chat-cluster ensure-stream` and admin credentials"
+            )
+        self.warned = check_log(info.config, strict=False)
+        for warning in self.warned:
+            log.warning("%s", warning)
+        return self._info(info)
+
+    async def ensure_stream(self, spec: StreamSpec) -> LogInfo:
+        """What ``ensure-stream`` does with admin credentials: create both streams, or check
+        the existing ones strictly and raise their byte limits to the configured ones.
+        Idempotent and safe under concurrent starts: JetStream accepts a create with an
+        identical config, and a racing create with another config is a StreamConflict."""
         conn = self._connection()
-        spec = self.settings.stream
-        async with boundary("ensure stream"):
+        async with boundary("ensure stream", conn):
+            account = await conn.js.account_info()
             try:
-                info = await conn.js.stream_info(STREAM_NAME)
-            except nats.js.errors.NotFoundError:
-                try:
-                    info = await conn.js.add_stream(spec.config())
-                    log.info("created stream %s (replicas=%d)", STREAM_NAME, spec.replicas)
-                except nats.js.errors.BadRequestError as exc:
-                    if exc.err_code != _STREAM_NAME_IN_USE:
-                        raise
-                    info = await conn.js.stream_info(STREAM_NAME)
+                log_bytes, snapshot_bytes = spec.sizes(account.limits.max_storage or 0)
+            except ValueError as exc:
+                raise StreamLimitUnknown(str(exc)) from exc
+            info = await self._ensure(STREAM_NAME, spec.config(log_bytes))
             spec.check(info.config)
-            return self._info(info)
+            snapshots = await self._ensure(SNAPSHOT_STREAM, spec.snapshot_config(snapshot_bytes))
+            check_snapshots(snapshots.config, strict=True)
+        return self._info(info)
+
+    async def _ensure(self, stream: str, want: api.StreamConfig) -> api.StreamInfo:
+        js = self._connection().js
+        info = await self._stream_info(stream)
+        if info is None:
+            try:
+                info = await js.add_stream(want)
+                log.info("created stream %s (replicas=%d)", stream, want.num_replicas)
+                return info
+            except nats.js.errors.APIError:
+                # A concurrent create won ("name in use", or "insufficient storage" when
+                # both reservations were counted): use its stream, checked below.
+                found = await self._stream_info(stream)
+                if found is None:
+                    raise
+                info = found
+        have = info.config.max_bytes or -1
+        wanted = want.max_bytes or -1
+        if have != -1 and (wanted == -1 or wanted > have):
+            # Only ever raised here: lowering a limit below what is stored is an operator's
+            # decision, made by hand.
+            info.config.max_bytes = wanted
+            info = await js.update_stream(info.config)
+            log.warning("raised the byte limit of %s from %d to %d", stream, have, wanted)
+        return info
 
     async def info(self) -> LogInfo:
         """Raises LogUnavailable when NATS is down or the stream does not exist."""
-        conn = self._connection()
-        async with boundary("stream info"):
-            try:
-                return self._info(await conn.js.stream_info(STREAM_NAME))
-            except nats.js.errors.NotFoundError as exc:
-                raise LogUnavailable(f"stream {STREAM_NAME} does not exist") from exc
+        async with boundary("stream info", self._conn):
+            info = await self._stream_info(STREAM_NAME)
+        if info is None:
+            raise LogUnavailable(f"stream {STREAM_NAME} does not exist")
+        return self._info(info)
 
     def _info(self, info: api.StreamInfo) -> LogInfo:
         created = info.created or datetime(1970, 1, 1, tzinfo=UTC)
+        config = info.config
         return LogInfo(
             epoch=created.isoformat().replace("+00:00", "Z"),
             first_seq=info.state.first_seq,
             last_seq=info.state.last_seq,
             messages=info.state.messages,
-            max_text=max_text_of(info.config, self.settings.stream.max_text),
-            replicas=info.config.num_replicas or 1,
+            max_text=max_text_of(config),
+            replicas=config.num_replicas or 1,
+            bytes=info.state.bytes,
+            max_bytes=config.max_bytes if config.max_bytes is not None else -1,
+            append_only=bool(config.deny_delete and config.deny_purge),
         )
 
     async def publish(
         self, channel: str, payload: bytes, msg_id: str, trace_parent: str | None = None
     ) -> PubAck:
-        """Publish and wait for the PubAck: after it returns, the message is stored (and, with
-        ``sync_interval: always``, on disk). The same ``msg_id`` within the duplicate window
-        returns the first seq with ``duplicate=True``. LogUnavailable promises nothing.
+        """Publish a node's message and wait for the PubAck: after it returns, the message is
+        stored (and, with ``sync_interval: always``, on disk). The same ``msg_id`` within
+        the duplicate window returns the first seq with ``duplicate=True``. LogFull: the
+        log is at its byte limit, nothing stored. LogUnavailable promises nothing.
         ``trace_parent`` travels in the message's headers to every replica."""
-        subject = subject_for(channel)
+        subject = node_subject(channel)
         headers = {"Nats-Msg-Id": msg_id}
         if trace_parent:
             headers["traceparent"] = trace_parent
@@ -163,7 +233,7 @@ class ChatLog:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.publish_timeout
         pause = 0.05
-        async with boundary("publish"):
+        async with boundary("publish", conn):
             while True:
                 remaining = deadline - loop.time()
                 try:
@@ -183,39 +253,73 @@ class ChatLog:
                         raise
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 0.5)
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code == _MAX_BYTES_EXCEEDED:
+                        raise LogFull(
+                            "the log is full (its byte limit is reached): nothing was stored; "
+                            "an operator raises the limit with `chat-cluster ensure-stream "
+                            "--log-max-bytes`"
+                        ) from exc
+                    raise
         return PubAck(seq=ack.seq, duplicate=bool(ack.duplicate))
 
-    async def publish_core(self, channel: str, payload: bytes) -> None:
-        """A fire-and-forget core publish, exactly what ``nats pub`` does."""
+    async def publish_raw(self, channel: str, payload: bytes) -> None:
+        """A fire-and-forget core publish, exactly what ``nats pub chat.<channel>`` does."""
+        await self.publish_raw_subject(raw_subject(channel), payload)
+
+    async def publish_raw_subject(self, subject: str, payload: bytes) -> None:
+        """A core publish on any subject (tools and tests; NATS permissions decide)."""
         conn = self._connection()
-        async with boundary("publish"):
-            await conn.nc.publish(subject_for(channel), payload)
+        async with boundary("publish", conn):
+            await conn.nc.publish(subject, payload)
             await conn.nc.flush(timeout=max(1, int(self.settings.publish_timeout)))
 
     async def delete_stream(self) -> None:
         conn = self._connection()
-        async with boundary("delete stream"):
+        async with boundary("delete stream", conn):
             try:
                 await conn.js.delete_stream(STREAM_NAME)
             except nats.js.errors.NotFoundError:
                 pass
 
-    def _store(self) -> SnapshotStore:
-        self._connection()
-        assert self._snapshots is not None
-        return self._snapshots
+    def _store(self) -> SnapshotStore | None:
+        if self._signing_key is None:
+            return None  # no secret to sign or check with: no snapshots at all
+        return SnapshotStore(self._connection(), self._signing_key)
+
+    @property
+    def snapshots_enabled(self) -> bool:
+        return self._signing_key is not None
 
     async def snapshot_meta(self) -> SnapshotMeta | None:
-        async with boundary("snapshot info"):
-            return await self._store().meta()
+        """What the newest trusted snapshot covers. SnapshotRejected for one not signed
+        by a node; None when there is none (or no snapshot stream, or no key)."""
+        store = self._store()
+        if store is None:
+            return None
+        async with boundary("snapshot info", self._conn):
+            manifest = await store.manifest()
+        return manifest.meta if manifest is not None else None
 
     async def load_snapshot(self) -> tuple[SnapshotMeta, bytes] | None:
-        async with boundary("snapshot load"):
-            return await self._store().load()
+        """The newest snapshot, verified (SnapshotRejected otherwise), or None."""
+        store = self._store()
+        if store is None:
+            return None
+        async with boundary("snapshot load", self._conn):
+            manifest = await store.manifest()
+            if manifest is None:
+                return None
+            return manifest.meta, await store.load(manifest)
 
-    async def save_snapshot(self, meta: SnapshotMeta, body: bytes) -> None:
-        async with boundary("snapshot save"):
-            await self._store().save(meta, body)
+    async def save_snapshot(self, meta: SnapshotMeta, body: bytes) -> bool:
+        """Save a snapshot, signed; False (nothing saved) without a key."""
+        store = self._store()
+        if store is None:
+            return False
+        async with boundary("snapshot save", self._conn):
+            await store.save(meta, body, self.settings.publish_timeout)
+        return True
 
     def tail(self, from_seq: int, heartbeat: float) -> Tail:
         """An ordered, gap-checked delivery of the stream from ``from_seq``."""
@@ -225,13 +329,28 @@ class ChatLog:
     async def page(self, channel: str, after: int, limit: int) -> tuple[list[LogEntry], int]:
         """Up to ``limit`` stored entries of ``channel`` with seq > ``after``, ascending, and the
         number still pending after them. Served by Direct Get, so no consumer is created."""
-        request = {"seq": after + 1, "next_by_subj": subject_for(channel), "batch": limit}
-        return await direct_batch(self._connection(), request)
+        request = {"seq": after + 1, "next_by_subj": channel_filter(channel), "batch": limit}
+        return await direct_batch(self._connection(), STREAM_NAME, request)
 
     async def next_entry(self, channel: str, after: int) -> LogEntry | None:
         """The first entry of ``channel`` with seq > ``after``, answered by the stream leader."""
-        request = {"seq": after + 1, "next_by_subj": subject_for(channel)}
+        request = {"seq": after + 1, "next_by_subj": channel_filter(channel)}
         return await leader_get(self._connection(), request)
+
+    async def entry_at(self, seq: int) -> LogEntry | None:
+        """The entry stored at ``seq`` as the stream leader has it; None if there is none."""
+        return await leader_get(self._connection(), {"seq": seq})
+
+    async def entries(self, after: int, limit: int) -> list[LogEntry]:
+        """Up to ``limit`` entries of the whole log with seq > ``after`` (any replica)."""
+        request = {"seq": after + 1, "next_by_subj": SUBJECTS, "batch": limit}
+        found, _ = await direct_batch(self._connection(), STREAM_NAME, request)
+        if not found:  # a replica that is behind may know less: ask the leader
+            tail = await leader_get(
+                self._connection(), {"seq": after + 1, "next_by_subj": SUBJECTS}
+            )
+            found = [tail] if tail is not None else []
+        return found
 
     async def read_records(
         self, channel: str, after: int, limit: int, max_text: int
@@ -261,20 +380,26 @@ class ChatLog:
     async def channel_stats(self) -> list[ChannelStat]:
         """Count and last seq of every valid channel, from the stream's per-subject state."""
         conn = self._connection()
-        async with boundary("stream info"):
+        async with boundary("stream info", conn):
             try:
                 info = await conn.js.stream_info(STREAM_NAME, subjects_filter=SUBJECTS)
             except nats.js.errors.NotFoundError as exc:
                 raise LogUnavailable(f"stream {STREAM_NAME} does not exist") from exc
-        counts = {s: n for s, n in (info.state.subjects or {}).items() if channel_of(s)}
+        counts: dict[str, int] = {}
+        for subject, n in (info.state.subjects or {}).items():
+            where = channel_of(subject)
+            if where is not None:
+                counts[where[0]] = counts.get(where[0], 0) + n
         if not counts:
             return []
-        lasts, _ = await direct_batch(conn, {"multi_last": [SUBJECTS], "batch": len(counts)})
-        last_by_subject = {e.subject: e.seq for e in lasts}
-        return sorted(
-            (
-                ChannelStat(channel=channel_of(s) or s, count=n, last_seq=last_by_subject.get(s, 0))
-                for s, n in counts.items()
-            ),
-            key=lambda c: c.channel,
-        )
+        request = {"multi_last": [SUBJECTS], "batch": len(info.state.subjects or {})}
+        lasts, _ = await direct_batch(conn, STREAM_NAME, request)
+        last_seq: dict[str, int] = {}
+        for entry in lasts:
+            where = channel_of(entry.subject)
+            if where is not None:
+                last_seq[where[0]] = max(last_seq.get(where[0], 0), entry.seq)
+        return [
+            ChannelStat(channel=name, count=n, last_seq=last_seq.get(name, 0))
+            for name, n in sorted(counts.items())
+        ]

@@ -1,4 +1,16 @@
-"""Stream and subject names: channel ``C`` is subject ``chat.C`` in stream ``CHAT``."""
+"""Stream and subject names: the log's layout, owned here and nowhere else.
+
+Channel ``C`` lives on two subjects of the stream ``CHAT``:
+
+- ``chat.C.node``: what chat nodes publish, the sender's identity stamped by the node.
+  Only the ``node`` role may publish there.
+- ``chat.C.raw``: what anyone with the ``publisher`` role sends with a plain
+  ``nats pub chat.C ...`` (the seed's flow). The stream itself rewrites ``chat.C`` to
+  ``chat.C.raw`` as it stores it (a subject transform), so whatever such a payload
+  claims, its sender is the publisher role, never a user.
+
+A channel's history is the filter ``chat.C.*``.
+"""
 
 import re
 
@@ -7,7 +19,17 @@ from chatlog.errors import InvalidInput
 STREAM_NAME = "CHAT"
 SUBJECT_PREFIX = "chat."
 SUBJECTS = "chat.>"
+NODE = "node"
+RAW = "raw"
+RAW_SOURCE = "chat.*"
+"""What a publisher publishes on; stored as ``chat.<channel>.raw``."""
+RAW_DEST = "chat.{{wildcard(1)}}.raw"
 DEFAULT_CHANNEL = "default-channel"
+
+SNAPSHOT_STREAM = "CHAT_SNAPSHOTS"
+SNAPSHOT_SUBJECTS = "chatsnap.>"
+SNAPSHOT_MANIFEST = "chatsnap.manifest"
+SNAPSHOT_CHUNKS = "chatsnap.chunk"
 
 _CHANNEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -26,13 +48,27 @@ def check_channel(name: str) -> str:
     return name
 
 
-def subject_for(channel: str) -> str:
+def node_subject(channel: str) -> str:
+    """Where a chat node publishes a message of ``channel``."""
+    return f"{SUBJECT_PREFIX}{check_channel(channel)}.{NODE}"
+
+
+def raw_subject(channel: str) -> str:
+    """Where a plain ``nats pub`` publishes (stored as ``chat.<channel>.raw``)."""
     return SUBJECT_PREFIX + check_channel(channel)
 
 
-def channel_of(subject: str) -> str | None:
-    """The channel a stored subject belongs to, or None if it names no valid channel."""
+def channel_filter(channel: str) -> str:
+    """Every stored message of ``channel``, whoever sent it."""
+    return f"{SUBJECT_PREFIX}{check_channel(channel)}.*"
+
+
+def channel_of(subject: str) -> tuple[str, str] | None:
+    """``(channel, kind)`` of a stored subject (kind ``node`` or ``raw``), or None if the
+    subject is not one a valid message can have."""
     if not subject.startswith(SUBJECT_PREFIX):
         return None
-    name = subject[len(SUBJECT_PREFIX) :]
-    return name if is_channel(name) else None
+    name, _, kind = subject[len(SUBJECT_PREFIX) :].partition(".")
+    if kind not in (NODE, RAW) or not is_channel(name):
+        return None
+    return name, kind

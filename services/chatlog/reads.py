@@ -11,20 +11,23 @@ from chatlog.errors import LogRejected, LogUnavailable
 from chatlog.names import STREAM_NAME
 from chatlog.records import LogEntry
 
-_DIRECT_GET = f"$JS.API.DIRECT.GET.{STREAM_NAME}"
 _MSG_GET = f"$JS.API.STREAM.MSG.GET.{STREAM_NAME}"
 
 
-async def direct_batch(conn: Connection, request: dict[str, object]) -> tuple[list[LogEntry], int]:
-    """The entries a batched Direct Get answers, and Nats-Num-Pending after them."""
+async def direct_batch(
+    conn: Connection, stream: str, request: dict[str, object]
+) -> tuple[list[LogEntry], int]:
+    """The entries a (batched) Direct Get on ``stream`` answers, and Nats-Num-Pending."""
     # A batched Direct Get answers with one message per entry, then an EOB status
     # (204) carrying Nats-Num-Pending; "nothing there" is a single 404.
-    async with boundary("direct get"):
+    async with boundary("direct get", conn):
         nc = conn.nc
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox, pending_msgs_limit=0, pending_bytes_limit=0)
         try:
-            await nc.publish(_DIRECT_GET, json.dumps(request).encode(), reply=inbox)
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
+            )
             entries: list[LogEntry] = []
             while True:
                 msg = await sub.next_msg(timeout=conn.api_timeout)
@@ -37,6 +40,8 @@ async def direct_batch(conn: Connection, request: dict[str, object]) -> tuple[li
                 if status:
                     raise LogRejected(f"direct get: {status} {headers.get('Description', '')}")
                 entries.append(_direct_entry(msg))
+                if "batch" not in request:  # a single answer, no end-of-batch status
+                    return entries, 0
         finally:
             await sub.unsubscribe()
 
@@ -47,7 +52,7 @@ async def leader_get(conn: Connection, request: dict[str, object]) -> LogEntry |
     Direct Get may be answered by any replica, and a replica that is behind returns a
     correct but shorter answer (it holds a prefix of the log). This is how a reader
     confirms that a short page really is the end."""
-    async with boundary("msg get"):
+    async with boundary("msg get", conn):
         msg = await conn.nc.request(
             _MSG_GET, json.dumps(request).encode(), timeout=conn.api_timeout
         )

@@ -3,6 +3,11 @@
 Every replica (chat nodes, archiver) runs :func:`take` on the same bytes with
 the same ``max_text`` (read from the stream's metadata, not from local
 settings), so every replica accepts and skips exactly the same sequences.
+
+Who sent a message is decided by the subject it is stored on, which NATS
+permissions guard (:mod:`chatlog.names`): a node's message carries the user the
+node stamped into it; a raw publish is always from :data:`RAW_USER`, whatever
+its payload claims.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -10,7 +15,7 @@ from typing import Annotated
 
 import msgspec
 
-from chatlog.names import channel_of
+from chatlog.names import NODE, channel_of
 
 MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
 UserName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -110,11 +115,14 @@ def timestamp_from_ns(ns: int) -> datetime:
 
 
 def take(entry: LogEntry, max_text: int) -> Record | Skip:
-    """Apply the payload rule: a JSON object must match :class:`Payload`; anything
-    else that is UTF-8 is plain text from user ``nats``."""
-    channel = channel_of(entry.subject)
-    if channel is None:
+    """Apply the payload rule. On a node's subject the payload must be a JSON object that
+    matches :class:`Payload`. On the raw subject a JSON object that matches is taken
+    for its text, id and sent_at, anything else that is UTF-8 is plain text, and the
+    user is :data:`RAW_USER` either way."""
+    where = channel_of(entry.subject)
+    if where is None:
         return Skip(entry.seq, "bad_channel", f"subject {entry.subject!r} names no valid channel")
+    channel, kind = where
     try:
         raw_text = entry.data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -123,22 +131,20 @@ def take(entry: LogEntry, max_text: int) -> Record | Skip:
     if len(entry.data) > max_text and not looks_like_object:
         return Skip(entry.seq, "oversized", f"{len(entry.data)} bytes > {max_text}")
     payload: Payload | None = None
-    if looks_like_object:
+    if looks_like_object or kind == NODE:
         try:
             payload = _payload_decoder.decode(entry.data)
         except msgspec.ValidationError as exc:
             return Skip(entry.seq, "bad_schema", str(exc))
-        except msgspec.DecodeError:
+        except msgspec.DecodeError as exc:
+            if kind == NODE:  # nodes publish JSON objects only
+                return Skip(entry.seq, "bad_schema", str(exc))
             payload = None  # not a JSON object after all: plain text
     if payload is None:
         text, user, msg_id, sent_at = raw_text, RAW_USER, entry.msg_id, None
     else:
-        text, user, msg_id, sent_at = (
-            payload.text,
-            payload.user or ANONYMOUS,
-            payload.id or entry.msg_id,
-            payload.sent_at,
-        )
+        text, msg_id, sent_at = payload.text, payload.id or entry.msg_id, payload.sent_at
+        user = (payload.user or ANONYMOUS) if kind == NODE else RAW_USER
     size = len(text.encode("utf-8"))
     if size > max_text:
         return Skip(entry.seq, "oversized", f"text of {size} bytes > {max_text}")

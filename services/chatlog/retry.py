@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from chatlog.errors import LogError, StreamConflict
+from chatlog.errors import Forbidden, LogError, StreamConflict
 
 T = TypeVar("T")
 
@@ -37,8 +37,8 @@ FOLLOW = RetryPolicy(first=0.1, cap=1.0)
 
 def command(deadline: float) -> RetryPolicy:
     """A one-shot command (``ensure-stream``, ``up``): gives up after ``deadline`` seconds,
-    and at once on a stream it would have to change."""
-    return RetryPolicy(first=0.25, cap=1.0, deadline=deadline, final=(StreamConflict,))
+    and at once on a stream it would have to change or on credentials NATS refuses."""
+    return RetryPolicy(first=0.25, cap=1.0, deadline=deadline, final=(StreamConflict, Forbidden))
 
 
 class Backoff:

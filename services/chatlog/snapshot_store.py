@@ -1,131 +1,157 @@
-"""Replica snapshots in a JetStream object store: how a new node skips most of the replay.
+"""Replica snapshots in the stream ``CHAT_SNAPSHOTS``: signed, so that only nodes can
+write one that a node will trust.
 
-There is one object, overwritten by whichever node saves last. Its description
-carries the epoch and seq it covers, so a reader decides from a small metadata
-message whether the (large) body is worth downloading. A snapshot is an
-optimisation only: any failure here means "replay from the log", never wrong state.
+A snapshot is its compressed body in chunks (``chatsnap.chunk.<id>.<n>``), then a
+manifest (``chatsnap.manifest``, of which the stream keeps the newest) that says
+what it covers, how many chunks it has, their SHA-256, and an HMAC over all of it
+with a key derived from the node role's own secret. Anyone else (an admin, the
+publisher role, a mistaken operator) can at most write a manifest that fails that
+check, and then a node replays the log instead. Nobody deletes old snapshots: the
+stream's byte limit evicts the oldest when a new one needs the room.
 """
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 import zlib
 
 import msgspec
-import nats.js.errors
-from nats.js import JetStreamContext, api
-from nats.js.object_store import ObjectStore
 
+from chatlog.connection import Connection
 from chatlog.errors import LogRejected
+from chatlog.names import SNAPSHOT_CHUNKS, SNAPSHOT_MANIFEST, SNAPSHOT_STREAM
+from chatlog.reads import direct_batch
 
 log = logging.getLogger("chatlog.snapshots")
 
-BUCKET = "CHAT_SNAPSHOTS"
-OBJECT = "replica"
+CHUNK = 256 * 1024
+IN_FLIGHT = 16
+"""Chunk publishes awaiting their PubAck at once."""
 
 
 class SnapshotMeta(msgspec.Struct, frozen=True):
-    """What a snapshot covers: the state after applying every seq up to ``seq`` of ``epoch``."""
+    """What a snapshot covers: the state after applying every seq up to ``seq`` of ``epoch``,
+    and the log's digest there (``count`` entries, ``chain``; see :mod:`chatlog.digest`)."""
 
     epoch: str
     seq: int
     format: int
+    count: int
+    chain: str
 
 
-_meta_decoder = msgspec.json.Decoder(SnapshotMeta)
-_meta_encoder = msgspec.json.Encoder()
+class Manifest(msgspec.Struct, frozen=True):
+    meta: SnapshotMeta
+    id: str
+    chunks: int
+    size: int
+    sha256: str
+    sig: str = ""
+
+
+class SnapshotRejected(LogRejected):
+    """A snapshot that must not be trusted (bad signature, missing or altered chunks)."""
+
+    code = "snapshot_rejected"
+
+
+_encoder = msgspec.json.Encoder()
+_manifest = msgspec.json.Decoder(Manifest)
+
+
+def _signature(key: bytes, manifest: Manifest) -> str:
+    unsigned = msgspec.structs.replace(manifest, sig="")
+    return hmac.new(key, _encoder.encode(unsigned), hashlib.sha256).hexdigest()
 
 
 class SnapshotStore:
-    def __init__(self, js: JetStreamContext, replicas: int) -> None:
-        self._js = js
-        self._replicas = replicas
-        self._bucket: ObjectStore | None = None
+    def __init__(self, conn: Connection, key: bytes) -> None:
+        self._conn = conn
+        self._key = key
 
-    async def _store(self) -> ObjectStore:
-        if self._bucket is None:
-            try:
-                self._bucket = await self._js.object_store(BUCKET)
-            except nats.js.errors.NotFoundError:
-                # Concurrent creates with the same config are accepted by JetStream.
-                self._bucket = await self._js.create_object_store(
-                    BUCKET,
-                    config=api.ObjectStoreConfig(
-                        bucket=BUCKET,
-                        description="chat-cluster replica snapshots",
-                        storage=api.StorageType.FILE,
-                        replicas=self._replicas,
-                    ),
-                )
-        return self._bucket
-
-    async def meta(self) -> SnapshotMeta | None:
-        store = await self._store()
-        try:
-            info = await store.get_info(OBJECT)
-        except nats.js.errors.ObjectNotFoundError:
+    async def manifest(self) -> Manifest | None:
+        """The newest snapshot's manifest, verified; None if there is none. Raises
+        SnapshotRejected for one that was not signed with the node role's key."""
+        entries, _ = await direct_batch(
+            self._conn, SNAPSHOT_STREAM, {"last_by_subj": SNAPSHOT_MANIFEST}
+        )
+        if not entries:
             return None
-        return _decode_meta(info.description)
-
-    async def load(self) -> tuple[SnapshotMeta, bytes] | None:
-        """The newest snapshot and its body, as it was given to :meth:`save`."""
-        store = await self._store()
-        sink = _Inflate()
         try:
-            # nats-py hands each chunk to sink.write in a worker thread, in order; zlib
-            # releases the GIL, so inflating overlaps with reading the next chunks.
-            # (Without writeinto, nats-py grows the body with bytes += chunk: quadratic.)
-            result = await store.get(OBJECT, writeinto=sink)  # type: ignore[arg-type]
-            body = sink.finish()
-        except nats.js.errors.ObjectNotFoundError:
-            return None
-        except (
-            nats.js.errors.DigestMismatchError,
-            nats.js.errors.BadObjectMetaError,
-            zlib.error,
-        ) as exc:
-            # Most likely overwritten while we read it: its old chunks were purged under us.
-            raise LogRejected(f"snapshot unreadable: {exc!r}") from exc
-        meta = _decode_meta(result.info.description)
-        return (meta, body) if meta is not None else None
+            manifest = _manifest.decode(entries[-1].data)
+        except msgspec.DecodeError as exc:
+            raise SnapshotRejected(f"unreadable snapshot manifest: {exc}") from exc
+        if not hmac.compare_digest(manifest.sig, _signature(self._key, manifest)):
+            raise SnapshotRejected(
+                f"snapshot of seq {manifest.meta.seq} is not signed by a node: ignored"
+            )
+        return manifest
 
-    async def save(self, meta: SnapshotMeta, body: bytes) -> None:
-        store = await self._store()
+    async def load(self, manifest: Manifest) -> bytes:
+        """The body of the snapshot ``manifest`` describes, checked against it."""
+        prefix = f"{SNAPSHOT_CHUNKS}.{manifest.id}."
+        inflater = zlib.decompressobj()
+        parts: list[bytes] = []
+        sha = hashlib.sha256()
+        size = index = 0
+        cursor = 1
+        while index < manifest.chunks:
+            entries, _ = await direct_batch(
+                self._conn,
+                SNAPSHOT_STREAM,
+                {"seq": cursor, "next_by_subj": prefix + "*", "batch": 16},
+            )
+            if not entries:
+                break
+            for entry in entries:
+                if entry.subject != f"{prefix}{index}":
+                    raise SnapshotRejected(f"snapshot chunk {entry.subject} out of order")
+                sha.update(entry.data)
+                size += len(entry.data)
+                # zlib releases the GIL: inflating in a thread keeps the node serving.
+                parts.append(await asyncio.to_thread(inflater.decompress, entry.data))
+                index += 1
+                cursor = entry.seq + 1
+        if index != manifest.chunks or size != manifest.size:
+            raise SnapshotRejected(
+                f"snapshot of seq {manifest.meta.seq} has {index} of {manifest.chunks} chunks "
+                "(evicted by a newer one, or cut short)"
+            )
+        if sha.hexdigest() != manifest.sha256:
+            raise SnapshotRejected(f"snapshot of seq {manifest.meta.seq}: chunks were altered")
+        parts.append(inflater.flush())
+        if not inflater.eof:
+            raise SnapshotRejected("snapshot body ends before its zlib stream does")
+        return b"".join(parts)
+
+    async def save(self, meta: SnapshotMeta, body: bytes, timeout: float) -> None:
         # Level 1: most of the size for a fraction of the time, in a thread (zlib releases
         # the GIL) so the node keeps serving. Stored and replicated compressed.
         compressed = await asyncio.to_thread(zlib.compress, body, 1)
-        await store.put(
-            OBJECT,
-            compressed,
-            meta=api.ObjectMeta(
-                name=OBJECT,
-                description=_meta_encoder.encode(meta).decode(),
-            ),
+        snapshot_id = secrets.token_hex(8)
+        js = self._conn.js_slow
+        pending: set[asyncio.Future[object]] = set()
+        chunks = 0
+        for start in range(0, len(compressed), CHUNK):
+            subject = f"{SNAPSHOT_CHUNKS}.{snapshot_id}.{chunks}"
+            piece = compressed[start : start + CHUNK]
+            # One connection keeps publish order, so chunks are stored in index order.
+            pending.add(asyncio.ensure_future(js.publish(subject, piece, timeout=timeout)))
+            chunks += 1
+            if len(pending) >= IN_FLIGHT:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+        for future in asyncio.as_completed(pending):
+            await future
+        manifest = Manifest(
+            meta=meta,
+            id=snapshot_id,
+            chunks=chunks,
+            size=len(compressed),
+            sha256=hashlib.sha256(compressed).hexdigest(),
         )
-
-
-class _Inflate:
-    """A write-only sink that inflates a zlib stream as its chunks arrive."""
-
-    def __init__(self) -> None:
-        self._inflater = zlib.decompressobj()
-        self._parts: list[bytes] = []
-
-    def write(self, chunk: bytes) -> int:
-        self._parts.append(self._inflater.decompress(chunk))
-        return len(chunk)
-
-    def finish(self) -> bytes:
-        self._parts.append(self._inflater.flush())
-        if not self._inflater.eof:
-            raise zlib.error("snapshot body ends before its zlib stream does")
-        return b"".join(self._parts)
-
-
-def _decode_meta(description: str | None) -> SnapshotMeta | None:
-    if not description:
-        return None
-    try:
-        return _meta_decoder.decode(description)
-    except msgspec.DecodeError:
-        log.warning("ignoring a snapshot with unreadable metadata: %r", description[:200])
-        return None
+        signed = msgspec.structs.replace(manifest, sig=_signature(self._key, manifest))
+        await js.publish(SNAPSHOT_MANIFEST, _encoder.encode(signed), timeout=timeout)

@@ -24,7 +24,8 @@ class ConfigError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Option:
-    flag: str
+    flag: str | None
+    """None: environment only (secrets never go on a command line, where ``ps`` shows them)."""
     env: str | None
     help: str
     parse: Callable[[str], Any]
@@ -35,17 +36,23 @@ class Option:
 def setting(
     default: Any,
     *,
-    flag: str,
+    flag: str | None,
     env: str | None,
     help: str,
     parse: Callable[[str], Any] = str,
     shown: str | None = None,
+    secret: bool = False,
 ) -> Any:
-    """A dataclass field that is also a flag and an environment variable."""
+    """A dataclass field that is also a flag and an environment variable. A ``secret`` is
+    read from the environment only and left out of the settings' repr (and so of logs)."""
+    if secret and flag is not None:
+        raise TypeError("a secret setting has no flag")
+    if flag is None and env is None:
+        raise TypeError("a setting needs a flag or an environment variable")
     meta = {_KEY: Option(flag, env, help, parse, shown)}
     if isinstance(default, list | dict | set):
         raise TypeError("settings must be immutable: use a tuple")
-    return dataclasses.field(default=default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta, repr=not secret)
 
 
 def nested(cls: type[T]) -> Any:
@@ -73,7 +80,7 @@ def _shown(field: dataclasses.Field[Any], option: Option) -> str:
 
 
 def _describe(field: dataclasses.Field[Any], option: Option) -> str:
-    where = f"env {option.env}; " if option.env else ""
+    where = f"env {option.env}; " if option.env and option.flag else ""
     return f"{option.help} ({where}default: {_shown(field, option)})".replace("%", "%%")
 
 
@@ -82,6 +89,13 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> N
     for field, option in _fields(cls):
         if isinstance(option, type):
             add_flags(parser, option, f"{prefix}{field.name}.")
+            continue
+        if option.flag is None:
+            line = f"{option.env}: {_describe(field, option).replace('%%', '%')}"
+            parser.epilog = (
+                f"{parser.epilog}\n  {line}" if parser.epilog else (f"environment only:\n  {line}")
+            )
+            parser.formatter_class = argparse.RawDescriptionHelpFormatter
             continue
         kwargs: dict[str, Any] = {"dest": prefix + field.name, "default": None}
         if field.type in (bool, "bool"):
@@ -119,7 +133,7 @@ def _read(field: dataclasses.Field[Any], option: Option, flag_value: Any,
     if flag_value is not None:
         if isinstance(flag_value, bool):
             return flag_value
-        return parse_as(option.parse, flag_value, option.flag)
+        return parse_as(option.parse, flag_value, option.flag or field.name)
     raw = env.get(option.env) if option.env else None
     if raw is None or raw == "":
         return dataclasses.MISSING
@@ -202,5 +216,24 @@ def markdown_rows(cls: type, scope: str = "") -> list[str]:
             rows += markdown_rows(option, scope)
             continue
         env = f"`{option.env}`" if option.env else ""
-        rows.append(f"| `{option.flag}`{scope} | {env} | {_shown(field, option)} | {option.help} |")
+        flag = f"`{option.flag}`{scope}" if option.flag else "(environment only)"
+        rows.append(f"| {flag} | {env} | {_shown(field, option)} | {option.help} |")
     return rows
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+          "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
+          "tb": 1000**4, "tib": 1024**4}  # fmt: skip
+
+
+def byte_size(raw: str) -> int:
+    """``10GiB``, ``500MB``, ``4096``: a non-negative number of bytes."""
+    text = raw.strip().lower().replace(" ", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number) :]
+    if unit not in _UNITS or not number:
+        raise ValueError("must be a size such as 4096, 500MB or 10GiB")
+    value = int(float(number) * _UNITS[unit])
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value

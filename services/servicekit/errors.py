@@ -1,7 +1,7 @@
 """The services' one error base, and how a log error reaches a client: one table, used by
 the HTTP exception handlers and by the WebSocket error frames alike."""
 
-from chatlog import InvalidInput, LogError, LogRejected, LogUnavailable, StreamConflict
+from chatlog import InvalidInput, LogError, LogFull, LogRejected, LogUnavailable, StreamConflict
 
 
 class ServiceError(Exception):
@@ -24,6 +24,8 @@ def problem_of(exc: ServiceError | LogError) -> ServiceError:
         return exc
     if isinstance(exc, InvalidInput):
         return ServiceError(400, exc.code, exc.detail)
+    if isinstance(exc, LogFull):
+        return ServiceError(507, exc.code, exc.detail)
     if isinstance(exc, LogUnavailable):
         return ServiceError(503, exc.code, exc.detail)
     if isinstance(exc, LogRejected | StreamConflict):

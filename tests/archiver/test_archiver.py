@@ -6,9 +6,8 @@ import urllib.request
 
 import pytest
 
-from chat_cluster.natsserver import NatsServer
 from chatlog import ChatLog
-from tests.support import NodeProcs, all_messages, get_json, http
+from tests.support import NodeProcs, all_messages, get_json, http, said
 
 
 @pytest.fixture
@@ -60,12 +59,12 @@ async def test_export_of_an_empty_channel_is_empty(chatlog: ChatLog, archiver_ur
 
 
 async def test_poison_is_passed_over_like_on_the_nodes(
-    chatlog: ChatLog, archiver_url: str, nats: NatsServer
+    chatlog: ChatLog, publisher: ChatLog, archiver_url: str
 ) -> None:
-    await chatlog.publish("p", b"good 1", "g1")
+    await chatlog.publish("p", said("good 1"), "g1")
     for bad in (b"\xff\xfe", b'{"text": 1}', b"x" * 9000):
-        await chatlog.publish_core("p", bad)
-    await chatlog.publish("p", b"good 2", "g2")
+        await publisher.publish_raw("p", bad)
+    await chatlog.publish("p", said("good 2"), "g2")
     page = get_json(f"{archiver_url}/messages/p?limit=2")
     assert [m["text"] for m in page["messages"]] == ["good 1", "good 2"]
 

@@ -14,8 +14,14 @@ from chat.node import Node
 from chat.replica import Replica
 from chat.saver import Saver
 from chat_cluster.natsserver import NatsServer
-from chatlog import ChatLog, LogEntry, SnapshotMeta
-from tests.support import node_settings, until
+from chatlog import ChatLog, LogEntry, SnapshotMeta, StreamSpec, digest
+from tests.support import node_settings, said, until
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Digest blocks (and so snapshot points) every 16 entries instead of every 1,024."""
+    monkeypatch.setattr(digest, "BLOCK", 16)
 
 
 @contextlib.asynccontextmanager
@@ -38,13 +44,13 @@ async def publish(chatlog: ChatLog, start: int, count: int) -> int:
         last = (await chatlog.publish(f"c{i % 7}", body, f"id-{i}")).seq
         if i % 50 == 0:  # poison and raw text, skipped or served identically everywhere
             await chatlog.publish(f"c{i % 3}", b'{"text": ""}', f"poison-{i}")
-            last = (await chatlog.publish("raw", f"plain {i}".encode(), f"raw-{i}")).seq
+            last = (await chatlog.publish("raw", said(f"plain {i}"), f"raw-{i}")).seq
     return last
 
 
 async def state_of(replica: Replica) -> bytes:
     """The whole state, encoded; with nothing applied meanwhile, the capture is all of it."""
-    captured = await snapshot.capture_live(replica)
+    captured = await snapshot.capture_live(replica, replica.position())
     assert captured is not None and captured[0].seq == replica.applied
     return captured[1]
 
@@ -64,7 +70,10 @@ async def test_snapshot_then_tail_equals_full_replay(nats: NatsServer, chatlog: 
         saver = saver_for(full)
         assert await saver.maybe_save()
         saved = await chatlog.snapshot_meta()
-        assert saved is not None and saved.seq == full.replica.applied
+        # At the newest digest block boundary, at most a block back.
+        assert saved is not None and saved.seq == full.replica.checkpoint.seq
+        assert full.replica.applied - 16 < saved.seq <= full.replica.applied
+        assert saved.count == full.replica.checkpoint.count and saved.count % 16 == 0
         assert not await saver.maybe_save()  # nothing new since: no second upload
 
         last = await publish(chatlog, 1000, 150)  # the tail the new node must replay
@@ -74,6 +83,8 @@ async def test_snapshot_then_tail_equals_full_replay(nats: NatsServer, chatlog: 
             await until(lambda: full.replica.applied >= last and fresh.replica.applied >= last)
             assert fresh.replica.applied == full.replica.applied == last
             assert await state_of(fresh.replica) == await state_of(full.replica)
+            # and the same digest: loaded state plus the tail is what a replay computes
+            assert fresh.replica.digest.hexdigest() == full.replica.digest.hexdigest()
             assert sum(fresh.replica.skipped.values()) > 0  # poison was part of it
 
             # live messages keep both equal
@@ -93,35 +104,53 @@ async def test_snapshot_then_tail_equals_full_replay(nats: NatsServer, chatlog: 
             assert not await saver_for(bounded).maybe_save()  # bounded nodes never save
 
 
-async def test_unusable_snapshots_are_ignored(nats: NatsServer, chatlog: ChatLog) -> None:
+async def test_unusable_snapshots_are_ignored(
+    nats: NatsServer, chatlog: ChatLog, admin: ChatLog
+) -> None:
     last = await publish(chatlog, 0, 60)
     async with running(nats, "a") as first:
         assert await saver_for(first).maybe_save()
-    info = await chatlog.info()
     good = await chatlog.load_snapshot()
-    assert good is not None and good[0].seq == last
+    assert good is not None
+    meta, body = good
+    at = meta.seq
+
+    def like(**changed: object) -> SnapshotMeta:
+        return msgspec.structs.replace(meta, **changed)
 
     cases = {
-        "other epoch": (SnapshotMeta("2000-01-01T00:00:00Z", last, snapshot.FORMAT), good[1]),
-        "other format": (SnapshotMeta(info.epoch, last, snapshot.FORMAT + 1), good[1]),
-        "beyond the stream": (SnapshotMeta(info.epoch, last + 10, snapshot.FORMAT), good[1]),
-        "body of another seq": (SnapshotMeta(info.epoch, last - 1, snapshot.FORMAT), good[1]),
-        "garbage body": (SnapshotMeta(info.epoch, last, snapshot.FORMAT), b"\x93not msgpack"),
+        "other epoch": (chatlog, like(epoch="2000-01-01T00:00:00Z"), body),
+        "other format": (chatlog, like(format=snapshot.FORMAT + 1), body),
+        "beyond the stream": (chatlog, like(seq=last + 10), body),
+        "body of another seq": (chatlog, like(seq=at - 1), body),
+        "garbage body": (chatlog, meta, b"\x93not msgpack"),
+        # a well-formed snapshot, signed by someone who is not a node
+        "signed by an admin": (admin, meta, body),
     }
-    for case, (meta, body) in cases.items():
-        await chatlog.save_snapshot(meta, body)
+    for case, (writer, bad_meta, bad_body) in cases.items():
+        assert await writer.save_snapshot(bad_meta, bad_body)
         async with running(nats, f"after {case}") as node:
             assert node.follower.snapshot_seq == 0, case  # replayed everything instead
             assert node.replica.applied == last, case
             assert len(node.replica.channels["c1"].seqs) == 9, case
+            # A forgery and a signed one that contradicts itself are counted (and logged);
+            # the rest are merely not for this log.
+            rejected = {
+                "signed by an admin": {"snapshot_rejected": 1},
+                "body of another seq": {"inconsistent": 1},
+                "garbage body": {"inconsistent": 1},
+            }.get(case, {})
+            assert node.follower.snapshot_rejections == rejected, case
 
 
-async def test_new_epoch_ignores_the_old_snapshot(nats: NatsServer, chatlog: ChatLog) -> None:
+async def test_new_epoch_ignores_the_old_snapshot(
+    nats: NatsServer, chatlog: ChatLog, admin: ChatLog
+) -> None:
     await publish(chatlog, 0, 30)
     async with running(nats, "a") as first:
         assert await saver_for(first).maybe_save()
-    await chatlog.delete_stream()
-    info = await chatlog.ensure_stream()
+    await admin.delete_stream()
+    info = await admin.ensure_stream(StreamSpec())
     last = await publish(chatlog, 0, 5)
     async with running(nats, "b") as node:
         assert node.follower.snapshot_seq == 0
@@ -157,14 +186,14 @@ async def test_live_capture_is_the_state_at_its_seq_whatever_is_applied_meanwhil
     def entry(seq: int) -> LogEntry:
         data = b'{"text": ""}' if seq % 11 == 0 else f'{{"text": "t{seq}"}}'.encode()
         channel = "late" if seq == 205 else f"c{seq % 5}"  # a channel born mid-capture
-        return LogEntry(seq=seq, subject=f"chat.{channel}", data=data, stored_ns=seq * 1000)
+        return LogEntry(seq=seq, subject=f"chat.{channel}.node", data=data, stored_ns=seq * 1000)
 
     live, reference = Replica(8192), Replica(8192)
-    for replica in (live, reference):
+    for replica, up_to in ((live, 200), (reference, 192)):
         replica.reset("2026-11-28T00:00:00Z", 8192)
-        replica.apply([entry(seq) for seq in range(1, 201)])
+        replica.apply([entry(seq) for seq in range(1, up_to + 1)])
     capture = asyncio.create_task(snapshot.capture_live(live))
-    await asyncio.sleep(0)  # the capture starts, at seq 200
+    await asyncio.sleep(0)  # the capture starts, at its checkpoint: seq 192 (blocks of 16)
     seq = 200
     while not capture.done():  # every yield of the capture lets one more message in
         seq += 1
@@ -173,7 +202,8 @@ async def test_live_capture_is_the_state_at_its_seq_whatever_is_applied_meanwhil
     result = capture.result()
     assert result is not None and seq > 230  # it really yielded, and the log moved on
     meta, body = result
-    assert meta.seq == 200 and body == await state_of(reference)
+    assert meta.seq == 192 and body == await state_of(reference)
+    assert meta.chain == reference.digest.chain.hex() and meta.count == 192
     assert b"late" not in body and "late" in live.channels
-    again = await snapshot.capture_live(live)  # nothing moves now: the whole replica
+    again = await snapshot.capture_live(live, live.position())  # the whole replica now
     assert again is not None and again[1] == await state_of(live)

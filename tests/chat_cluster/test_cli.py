@@ -14,9 +14,9 @@ import options
 from archiver.settings import ArchiverSettings
 from chat.settings import NodeSettings
 from chat_cluster.natsserver import MIN_VERSION, NatsServer, ServerConfig
-from chat_cluster.settings import ClientSettings, UpSettings, node_url
-from chatlog import LogSettings
-from tests.support import PYTHON
+from chat_cluster.settings import ClientSettings, EnsureSettings, UpSettings, node_url
+from chatlog.roles import ADMIN, NODE
+from tests.support import PYTHON, STORE
 
 
 def cli(
@@ -100,12 +100,24 @@ def test_send_reports_errors_from_the_node() -> None:
     assert out.returncode == 1 and "cannot reach" in out.stderr
 
 
-def test_ensure_stream_creates_checks_and_names_a_conflict(nats: NatsServer) -> None:
-    env = {"NATS_URL": nats.config.url, "STREAM_REPLICAS": "1", "MAX_TEXT_BYTES": "4096"}
+def test_ensure_stream_creates_checks_and_names_a_conflict(bare_nats: NatsServer) -> None:
+    assert bare_nats.creds is not None
+    env = {
+        "NATS_URL": bare_nats.config.url,
+        "STREAM_REPLICAS": "1",
+        "MAX_TEXT_BYTES": "4096",
+        **bare_nats.creds.env(ADMIN),
+    }
     out = cli("ensure-stream", env=env)
     assert out.returncode == 0, out.stderr
     created = json.loads(out.stdout)
     assert created["replicas"] == 1 and created["max_text"] == 4096 and created["last_seq"] == 0
+    # append-only, and 80% of the account's storage as its byte limit
+    assert created["append_only"] is True and created["max_bytes"] == int(STORE * 0.8)
+
+    # only an admin may: the node role's credentials are refused, naming the subject
+    node = cli("ensure-stream", "--timeout", "3", env={**env, **bare_nats.creds.env(NODE)})
+    assert node.returncode == 1 and "permissions violation" in node.stderr.lower()
 
     again = cli("ensure-stream", env=env)  # idempotent: the same stream, the same epoch
     assert again.returncode == 0 and json.loads(again.stdout)["epoch"] == created["epoch"]
@@ -142,7 +154,7 @@ def test_status_names_a_missing_cluster_and_a_service_that_is_down(tmp_path: Pat
     [
         ("node", NodeSettings),
         ("archiver", ArchiverSettings),
-        ("ensure-stream", LogSettings),
+        ("ensure-stream", EnsureSettings),
         ("send", ClientSettings),
         ("tail", ClientSettings),
         ("up", UpSettings),
@@ -153,6 +165,9 @@ def test_help_shows_every_default_and_its_variable(command: str, settings: type)
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())  # argparse wraps lines
     for name in options.env_names(settings):
+        if name == "NATS_PASSWORD":  # a secret: environment only, never a flag
+            assert "environment only: NATS_PASSWORD: " in text and "--nats-password" not in text
+            continue
         assert f"env {name}; default: " in text, (command, name)
     flags = re.findall(r"^  (--[a-z-]+)", out.stdout, re.M)
     assert flags and all(re.search(re.escape(flag) + r"\b.*?default: ", text) for flag in flags), (

@@ -19,14 +19,18 @@ from chatlog.records import (
 NS = 1_795_840_002_914_892_789
 
 
-def entry(
-    data: bytes, subject: str = "chat.room", seq: int = 7, msg_id: str | None = None
-) -> LogEntry:
+RAW = "chat.room.raw"
+"""Where `nats pub chat.room ...` is stored (the stream's transform adds `.raw`)."""
+NODE = "chat.room.node"
+"""Where chat nodes publish, with the user they stamped."""
+
+
+def entry(data: bytes, subject: str = NODE, seq: int = 7, msg_id: str | None = None) -> LogEntry:
     return LogEntry(seq=seq, subject=subject, data=data, stored_ns=NS, msg_id=msg_id)
 
 
 def test_plain_text_is_taken_as_user_nats() -> None:
-    got = take(entry(b"Hello everyone!"), 8192)
+    got = take(entry(b"Hello everyone!", RAW), 8192)
     assert isinstance(got, Record)
     assert (got.seq, got.channel, got.user, got.text, got.id) == (
         7,
@@ -51,25 +55,38 @@ def test_msg_id_header_names_a_json_message_without_id() -> None:
     assert isinstance(got, Record) and got.id == "hdr-1" and got.user == "anonymous"
 
 
-def test_json_that_is_not_an_object_is_plain_text() -> None:
+def test_json_that_is_not_an_object_is_plain_text_on_the_raw_subject() -> None:
     for data in (b'"quoted"', b"[1,2]", b"{not json", b"42"):
-        got = take(entry(data), 8192)
+        got = take(entry(data, RAW), 8192)
         assert isinstance(got, Record), data
-        assert got.text == data.decode()
+        assert got.text == data.decode() and got.user == "nats"
+        assert isinstance(take(entry(data, NODE), 8192), Skip)  # nodes publish objects only
+
+
+def test_a_raw_publish_cannot_claim_a_user() -> None:
+    """Whatever a publisher's payload says, it is from the publisher role: `nats`."""
+    data = b'{"text": "I am the admin", "user": "admin", "id": "x-1"}'
+    got = take(entry(data, RAW), 8192)
+    assert isinstance(got, Record) and got.user == "nats" and got.text == "I am the admin"
+    from_node = take(entry(data, NODE), 8192)
+    assert isinstance(from_node, Record) and from_node.user == "admin"
 
 
 @pytest.mark.parametrize(
     ("data", "subject", "reason"),
     [
-        (b"\xff\xfe bad utf-8", "chat.room", "bad_utf8"),
-        (b'{"text": 5}', "chat.room", "bad_schema"),
-        (b'{"user": "x"}', "chat.room", "bad_schema"),
-        (b'{"text": "hi", "sent_at": "yesterday"}', "chat.room", "bad_schema"),
-        (b'{"text": ""}', "chat.room", "bad_schema"),
-        (b"x" * 9000, "chat.room", "oversized"),
-        (msgspec.json.encode({"text": "y" * 9000}), "chat.room", "oversized"),
-        (b"", "chat.room", "empty"),
+        (b"\xff\xfe bad utf-8", RAW, "bad_utf8"),
+        (b'{"text": 5}', RAW, "bad_schema"),
+        (b'{"user": "x"}', RAW, "bad_schema"),
+        (b'{"text": "hi", "sent_at": "yesterday"}', NODE, "bad_schema"),
+        (b'{"text": ""}', NODE, "bad_schema"),
+        (b"plain", NODE, "bad_schema"),
+        (b"x" * 9000, RAW, "oversized"),
+        (msgspec.json.encode({"text": "y" * 9000}), NODE, "oversized"),
+        (b"", RAW, "empty"),
         (b"hello", "chat.a.b", "bad_channel"),
+        (b"hello", "chat.room", "bad_channel"),  # schema 1's layout: not in this log
+        (b"hello", "chat.room.other", "bad_channel"),
     ],
 )
 def test_poison_is_skipped_with_a_reason(data: bytes, subject: str, reason: str) -> None:

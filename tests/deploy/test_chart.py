@@ -18,7 +18,7 @@ from archiver.settings import ArchiverSettings
 from chat.app import create_app as create_node
 from chat.settings import NodeSettings
 from chat_cluster import cli
-from chatlog import LogSettings
+from chat_cluster.settings import EnsureSettings
 from chatlog.settings import nats_urls
 from tests.deploy.chart import (
     KUBERNETES,
@@ -111,7 +111,6 @@ def test_chat_nodes_get_only_settings_the_node_reads(
     settings = cli.node_settings(args, env)  # every value the chart sets is accepted
     assert settings.node_id == "rel-chat-0"
     assert settings.port == port_named(chat, "http")
-    assert settings.log.stream.replicas == 3
     assert "KEEP_PER_CHANNEL" in env and (settings.keep_per_channel is None) == (
         env["KEEP_PER_CHANNEL"] == "0"
     )
@@ -156,10 +155,10 @@ def test_archiver_and_job_get_only_settings_they_read(
         return
     job = container(jobs[0])
     job_env = env_of(job)
-    assert set(job_env) <= options.env_names(LogSettings)
+    assert set(job_env) <= options.env_names(EnsureSettings)
     args = parse(job["command"], job_env, monkeypatch)
     assert args.command == "ensure-stream"
-    spec = options.build(LogSettings, args, job_env).stream
+    spec = options.build(EnsureSettings, args, job_env).stream
     assert spec.replicas == int(job_env["STREAM_REPLICAS"])
 
 

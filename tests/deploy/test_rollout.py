@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import websockets
 
+from chat_cluster.credentials import Credentials
 from chat_cluster.local import Service
 from chat_cluster.processes import free_port
 from tests.deploy.chart import RELEASE, container, env_of, one, render
@@ -88,10 +89,12 @@ class Resumer:
             await asyncio.sleep(0.05)
 
 
-async def test_rolling_update_as_the_chart_does_it(nats_bin: Path, tmp_path: Path) -> None:
+async def test_rolling_update_as_the_chart_does_it(
+    nats_bin: Path, tmp_path: Path, creds: Credentials
+) -> None:
     chat = container(one(render(), "Deployment", f"{RELEASE}-chat"))
     env = env_of(chat)
-    cluster = Cluster(nats_bin, tmp_path, servers=3)
+    cluster = Cluster(nats_bin, tmp_path, creds, servers=3)
     nodes: list[ChartNode] = []
     resumer = Resumer(CHANNELS[0])
     reader: asyncio.Task[None] | None = None
@@ -115,7 +118,14 @@ async def test_rolling_update_as_the_chart_does_it(nats_bin: Path, tmp_path: Pat
             return [n.url for n in nodes if n.proc is not None and n.proc.poll() is None]
 
         # Bounded by count and time; stopped once the rollout is over.
-        load = Load(serving, cluster.nats_urls, per_worker=5000, interval=0.02, deadline=90)
+        load = Load(
+            serving,
+            cluster.nats_urls,
+            cluster.raw_creds(),
+            per_worker=5000,
+            interval=0.02,
+            deadline=90,
+        )
         load.start()
         reader = asyncio.create_task(resumer.run(nodes))
 

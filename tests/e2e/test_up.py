@@ -189,12 +189,25 @@ def test_nats_cli_publish_reaches_every_node_and_the_archiver(up: Up) -> None:
     nats = nats_cli()
     if nats is None:
         pytest.skip("the nats CLI is not built here (nox builds it when Go is available)")
-    out = subprocess.run(
+    anonymous = subprocess.run(
         [nats, "--server", up.nats_url, "pub", "chat.default-channel", "Hello everyone!"],
         capture_output=True,
         text=True,
         timeout=30,
     )
+    assert anonymous.returncode != 0 and "Authorization Violation" in anonymous.stderr
+    # The walkthrough's way: the publisher role's nkey, found with `chat-cluster creds`.
+    found = cli("creds", "publisher", "--data-dir", str(up.data))
+    assert found.returncode == 0, found.stderr
+    creds = found.stdout.strip()
+    assert oct(os.stat(creds).st_mode & 0o777) == "0o600"
+    out = subprocess.run(
+        [nats, "--server", up.nats_url, "--nkey", creds, "pub", "chat.default-channel",
+         "Hello everyone!"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     for base in (up.node(1), up.node(2), up.node(3)):
         wait_until(lambda b=base: texts(b) == ["Hello everyone!"], timeout=10, what=base)

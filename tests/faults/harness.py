@@ -5,6 +5,7 @@ on the same data. Nothing here fakes NATS or the log; everything listens on
 127.0.0.1 and is torn down by ``close()``, also when a scenario fails.
 """
 
+import asyncio
 import json
 import signal
 import urllib.error
@@ -12,11 +13,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from chat_cluster.admin import ensure_stream
+from chat_cluster.credentials import Credentials
 from chat_cluster.local import Service
 from chat_cluster.natsserver import NatsServer, ServerConfig
 from chat_cluster.processes import free_port
+from chatlog import LogSettings, StreamSpec
+from chatlog.roles import ADMIN, ARCHIVER, NODE, PUBLISHER
 from tests.faults.proxy import Proxies, Proxy
-from tests.support import wait_until
+from tests.support import STORE, auth, wait_until
 
 
 class Cluster:
@@ -24,9 +29,15 @@ class Cluster:
     server runs through a test-owned proxy, so ``partition(server)`` can cut it off."""
 
     def __init__(
-        self, nats_bin: Path, workdir: Path, servers: int = 1, proxies: Proxies | None = None
+        self,
+        nats_bin: Path,
+        workdir: Path,
+        creds: Credentials,
+        servers: int = 1,
+        proxies: Proxies | None = None,
     ) -> None:
         self.workdir = workdir
+        self.creds = creds
         self.servers: list[NatsServer] = []
         self.proxies = proxies
         self._around: dict[str, list[Proxy]] = {}
@@ -59,8 +70,12 @@ class Cluster:
                 # Through proxies, peers must not learn (and use) each other's real ports.
                 cluster_advertise="127.0.0.1:1" if proxies is not None else None,
                 no_advertise=proxies is not None,
+                # Credentials on, as in production: JetStream counts every replica of a
+                # stream against the account, so it gets all servers' storage.
+                auth=auth(creds, STORE * servers),
+                store_bytes=STORE,
             )
-            self.servers.append(NatsServer(nats_bin, config, workdir))
+            self.servers.append(NatsServer(nats_bin, config, workdir, creds=creds))
         self.nodes: dict[str, Service] = {}
         self.archiver: Service | None = None
         self._count = 0
@@ -83,10 +98,26 @@ class Cluster:
         return 3 if len(self.servers) == 3 else 1
 
     def start_nats(self) -> None:
+        """Start every server, then create the streams as the admin (as `up` and the
+        chart's Job do before any service starts)."""
         for server in self.servers:
             server.start()
         for server in self.servers:
             server.wait_ready(30)
+        asyncio.run(self.ensure_streams())
+
+    def log_settings(self, role: str) -> LogSettings:
+        return LogSettings(
+            nats_urls=tuple(self.nats_urls.split(",")), creds=str(self.creds.path(role))
+        )
+
+    async def ensure_streams(self) -> None:
+        spec = StreamSpec(replicas=self.replicas)
+        await ensure_stream(self.log_settings(ADMIN), spec, 60, "test admin")
+
+    def raw_creds(self) -> str:
+        """The publisher role's nkey: what `nats pub` needs."""
+        return str(self.creds.path(PUBLISHER))
 
     def add_node(self, wait: bool = True) -> Service:
         self._count += 1
@@ -100,12 +131,10 @@ class Cluster:
             str(port),
             "--node-id",
             name,
-            "--stream-replicas",
-            str(self.replicas),
             "--grace",
             "3",
         ]
-        node = Service(name, args, port, self.workdir / f"{name}.log")
+        node = Service(name, args, port, self.workdir / f"{name}.log", env=self.creds.env(NODE))
         node.start()
         self.nodes[name] = node
         if wait:
@@ -120,10 +149,10 @@ class Cluster:
             self.nats_urls,
             "--port",
             str(port),
-            "--stream-replicas",
-            str(self.replicas),
         ]
-        self.archiver = Service("archiver", args, port, self.workdir / "archiver.log")
+        self.archiver = Service(
+            "archiver", args, port, self.workdir / "archiver.log", env=self.creds.env(ARCHIVER)
+        )
         self.archiver.start()
         self.wait_ready(self.archiver)
         return self.archiver

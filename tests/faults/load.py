@@ -41,12 +41,14 @@ class Load:
         self,
         nodes: Callable[[], list[str]],
         nats_urls: str,
+        raw_creds: str,
         per_worker: int = 150,
         interval: float = 0.01,
         deadline: float = 120.0,
     ) -> None:
         self._nodes = nodes  # base URLs of the nodes to use now
         self._nats_urls = nats_urls.split(",")
+        self._raw_creds = raw_creds  # the publisher role's nkey seed file
         self._per_worker = per_worker
         self._interval = interval
         self._deadline = time.monotonic() + deadline
@@ -170,6 +172,7 @@ class Load:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.2,
                 connect_timeout=2,
+                nkeys_seed=self._raw_creds,
             )
         except Exception as exc:
             self._new(f"raw{w}", 0, "raw").errors.append(repr(exc))

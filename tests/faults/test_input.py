@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chat_cluster.local import Service
+from chatlog.roles import PUBLISHER
 from tests.faults.load import CHANNELS
 from tests.support import NodeProcs, all_messages, get_json, http, wait_until
 
@@ -144,7 +145,9 @@ async def test_raw_poison_on_the_subject_is_skipped_the_same_everywhere(
         payloads.append(data)
 
     collect()
-    nc = await nats_client.connect(nats_url := a.args[a.args.index("--nats-url") + 1])
+    nats_url = nats.config.url
+    # What `nats pub` does, with the publisher role's credentials.
+    nc = await nats_client.connect(nats_url, nkeys_seed=str(nats.creds.path(PUBLISHER)))
     try:
         for data in payloads:
             await nc.publish("chat.c0", data)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from chatlog import ChatLog, LogSettings
+from chat_cluster.credentials import Credentials
+from chatlog import ChatLog, StreamSpec
+from chatlog.roles import ADMIN
 from tests.faults.checker import Report, check
 from tests.faults.harness import Cluster
 from tests.faults.load import CHANNELS, Load
@@ -22,8 +24,8 @@ Fault = Callable[[Cluster, Load], Awaitable[float]]
 
 
 @pytest.fixture
-def r1(nats_bin: Path, tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(nats_bin, tmp_path, servers=1)
+def r1(nats_bin: Path, tmp_path: Path, creds: Credentials) -> Iterator[Cluster]:
+    cluster = Cluster(nats_bin, tmp_path, creds, servers=1)
     try:
         cluster.start_nats()
         yield cluster
@@ -32,9 +34,9 @@ def r1(nats_bin: Path, tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def r3_proxied(nats_bin: Path, tmp_path: Path) -> Iterator[Cluster]:
+def r3_proxied(nats_bin: Path, tmp_path: Path, creds: Credentials) -> Iterator[Cluster]:
     proxies = Proxies()
-    cluster = Cluster(nats_bin, tmp_path, servers=3, proxies=proxies)
+    cluster = Cluster(nats_bin, tmp_path, creds, servers=3, proxies=proxies)
     try:
         cluster.start_nats()
         yield cluster
@@ -44,8 +46,8 @@ def r3_proxied(nats_bin: Path, tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def r3(nats_bin: Path, tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(nats_bin, tmp_path, servers=3)
+def r3(nats_bin: Path, tmp_path: Path, creds: Credentials) -> Iterator[Cluster]:
+    cluster = Cluster(nats_bin, tmp_path, creds, servers=3)
     try:
         cluster.start_nats()
         yield cluster
@@ -63,7 +65,9 @@ async def run(
     await asyncio.to_thread(cluster.start_archiver)
     for _ in range(nodes):
         await asyncio.to_thread(cluster.add_node)
-    load = Load(lambda: live(cluster), cluster.nats_urls, per_worker=per_worker)
+    load = Load(
+        lambda: live(cluster), cluster.nats_urls, cluster.raw_creds(), per_worker=per_worker
+    )
     load.start()
     healed_at = await fault(cluster, load)
     # NATS's own recovery is not ours to shorten: after a server comes back (or a partition
@@ -249,14 +253,14 @@ async def test_a_deleted_and_recreated_stream_is_a_new_epoch_everywhere(r1: Clus
     await asyncio.to_thread(r1.start_archiver)
     for _ in range(3):
         await asyncio.to_thread(r1.add_node)
-    load = Load(lambda: live(r1), r1.nats_urls, per_worker=100)
+    load = Load(lambda: live(r1), r1.nats_urls, r1.raw_creds(), per_worker=100)
     load.start()
     await until_acked(load, 60)
-    log = await ChatLog.open(LogSettings(nats_urls=tuple(r1.nats_urls.split(","))), "test")
+    log = await ChatLog.open(r1.log_settings(ADMIN), "test admin", ADMIN)
     try:
         old = (await log.info()).epoch
         await log.delete_stream()
-        await log.ensure_stream()
+        await log.ensure_stream(StreamSpec(replicas=r1.replicas))
         recreated_at = time.monotonic()
         await load.wait()
         new = (await log.info()).epoch

@@ -25,8 +25,9 @@ from chat.app import create_app
 from chat.metrics import NodeMetrics
 from chat.node import Node
 from chat_cluster.natsserver import NatsServer
-from chatlog import ChatLog, LogSettings
-from tests.support import log_settings, node_settings, until, wait_until
+from chatlog import ChatLog
+from chatlog.roles import ARCHIVER, NODE
+from tests.support import log_settings, node_settings, said, until, wait_until
 
 _exporter = InMemorySpanExporter()
 
@@ -139,7 +140,7 @@ def test_metrics_parse_and_count_known_traffic(nats: NatsServer, chatlog: ChatLo
         assert node.post("/messages", json={"text": "again", "channel": "a", "id": "same"}).json()[
             "duplicate"
         ]
-        asyncio.run(_publish_poison(nats.config.url))
+        asyncio.run(_publish_poison(nats))
         with node.websocket_connect("/ws") as ws:
             ws.send_json({"op": "join", "channel": "a", "after": 0})
             assert ws.receive_json(timeout=10)["op"] == "joined"
@@ -174,15 +175,14 @@ def test_metrics_parse_and_count_known_traffic(nats: NatsServer, chatlog: ChatLo
         assert value(metrics, count, **route, http_response_status_code="201") == 9
 
 
-async def _publish_poison(url: str) -> None:
-
-    log = await ChatLog.open(LogSettings(nats_urls=(url,)), "poison")
+async def _publish_poison(nats: NatsServer) -> None:
+    log = await ChatLog.open(log_settings(nats), "poison", NODE)
     await log.publish("a", b'{"text": ""}', "poison-1")
     await log.close()
 
 
 def test_the_archiver_serves_metrics_by_route(nats: NatsServer, chatlog: ChatLog) -> None:
-    settings = ArchiverSettings(log=log_settings(nats))
+    settings = ArchiverSettings(log=log_settings(nats, ARCHIVER))
     with TestClient(create_archiver(settings)) as archiver:
         wait_until(lambda: archiver.get("/readyz").status_code == 200, what="archiver ready")
         for _ in range(3):
@@ -221,7 +221,7 @@ async def test_lag_is_reported_while_behind_and_returns_to_zero(
         await until(lambda: follower.ready and replica.applied >= seq, what=f"seq {seq}")
         return task
 
-    first = (await chatlog.publish("a", b"one", "one")).seq
+    first = (await chatlog.publish("a", said("one"), "one")).seq
     task = await run_until_applied(first)
     task.cancel()  # the node stops applying; the stream goes on
     with contextlib.suppress(asyncio.CancelledError):
