@@ -86,3 +86,11 @@ def procs(nats: NatsServer, tmp_path: Path) -> Iterator[NodeProcs]:
     started = NodeProcs(nats, tmp_path)
     yield started
     started.stop_all()
+
+
+@pytest.fixture
+def procs_bare(bare_nats: NatsServer, tmp_path: Path) -> Iterator[NodeProcs]:
+    """Node processes on a server whose streams the test makes itself."""
+    started = NodeProcs(bare_nats, tmp_path)
+    yield started
+    started.stop_all()

@@ -310,6 +310,10 @@ class Follower:
                 last_progress = now
                 # Let WebSocket senders drain what this batch queued before the next one.
                 await asyncio.sleep(0)
+            if tail.position > self._replica.applied:
+                # Seqs that no longer exist (deleted or purged from a log that is not
+                # append-only): nothing to apply, and nothing missing.
+                self._replica.advance(tail.position)
             if not was_ready and self.ready:
                 was_ready = True
                 log.info(

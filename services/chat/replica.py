@@ -183,6 +183,12 @@ class Replica:
             self.last_stored_ns = entries[-1].stored_ns
             self._wake()
 
+    def advance(self, seq: int) -> None:
+        """Every seq up to ``seq`` is reflected: those above ``applied`` do not exist."""
+        if seq > self.applied:
+            self.applied = seq
+            self._wake()
+
     def position(self) -> Checkpoint:
         """Where the replica is now, as a checkpoint; ``chain`` is that of the last closed
         block, so only at a block boundary does it carry the whole digest."""

@@ -51,6 +51,12 @@ class NodeSettings:
         help="save a replica snapshot each time the log grows by N messages, so new nodes "
         "replay only the tail; 0 never saves",
     )  # fmt: skip
+    diverge_after: float = setting(
+        5.0, flag="--diverge-after", env="DIVERGE_AFTER", parse=positive_float,
+        help="seconds a difference between this replica and the log must last before the "
+        "replica is rebuilt from the log (a partitioned server may answer with an older "
+        "state of the stream for a moment)",
+    )  # fmt: skip
     min_seq_wait: float = setting(
         5.0, flag="--min-seq-wait", env="MIN_SEQ_WAIT", parse=positive_float,
         help="seconds a read with min_seq waits for that seq before 503 not_caught_up",
@@ -64,9 +70,6 @@ class NodeSettings:
     watchdog_interval: float = 1.0
     audit_interval: float = 10.0
     """How often one random held record, and the newest, are compared with the log's."""
-    diverge_after: float = 5.0
-    """How long a difference from the log must last before the replica is rebuilt (a
-    partitioned server can answer with an older state of the stream for a moment)."""
     ws_max_channels: int = 100
     ws_bad_frames: int = 10
     """Consecutive bad frames before a WebSocket is closed with 1008."""

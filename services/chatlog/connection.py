@@ -3,6 +3,7 @@
 Nothing outside this package sees a nats-py type or exception.
 """
 
+import asyncio
 import logging
 import ssl
 from collections.abc import AsyncIterator
@@ -93,26 +94,29 @@ class Connection:
                 conn.reconnects += 1
 
         try:
-            nc = await nats.connect(
-                list(settings.nats_urls),
-                name=name,
-                connect_timeout=2,
-                allow_reconnect=True,
-                # Bounded for the first connect, so a caller learns that NATS is down...
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.25,
-                # A server that stops answering (paused, partitioned) is left after ~6 s.
-                ping_interval=2,
-                max_outstanding_pings=3,
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-                # Replies and deliveries come back under the role's own prefix, the only
-                # one its NATS permissions let it subscribe to.
-                inbox_prefix=inbox_prefix(role),
-                **_credentials(settings),
-            )
-        except (*NATS_DOWN, nats.errors.Error) as exc:
+            # Bounded as a whole too: a server whose TLS certificate we do not trust makes
+            # nats-py try again and again rather than fail.
+            async with asyncio.timeout(5.0 + 3.0 * len(settings.nats_urls)):
+                nc = await nats.connect(
+                    list(settings.nats_urls),
+                    name=name,
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    # Bounded for the first connect, so a caller learns that NATS is down...
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0.25,
+                    # A server that stops answering (paused, partitioned) is left after ~6 s.
+                    ping_interval=2,
+                    max_outstanding_pings=3,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnected,
+                    reconnected_cb=on_reconnected,
+                    # Replies and deliveries come back under the role's own prefix, the only
+                    # one its NATS permissions let it subscribe to.
+                    inbox_prefix=inbox_prefix(role),
+                    **_credentials(settings),
+                )
+        except (*NATS_DOWN, nats.errors.Error, TimeoutError) as exc:
             urls = ",".join(settings.nats_urls)
             said = f" ({errors[-1]})" if errors else ""
             raise LogUnavailable(f"cannot connect to NATS at {urls}: {exc!r}{said}") from exc

@@ -43,6 +43,9 @@ class Tail:
         self._sub: Subscription | None = None
         self._consumer: str | None = None
         self._cseq = 0  # consumer sequence of the last delivered message
+        self.position = 0
+        """The stream seq this consumer has gone past: the last delivered, or, when an idle
+        heartbeat says so, beyond seqs that no longer exist (deleted, purged)."""
         self._flow_replies: list[str] = []
         self._broken: str | None = None
         self._last_activity = time.monotonic()
@@ -143,6 +146,7 @@ class Tail:
         if cseq != self._cseq + 1:
             return f"consumer sequence gap: expected {self._cseq + 1}, got {cseq} (stream {sseq})"
         self._cseq = cseq
+        self.position = sseq
         msg_id = headers.get("Nats-Msg-Id") if headers else None
         trace_parent = headers.get("traceparent") if headers else None
         out.append(
@@ -171,6 +175,8 @@ class Tail:
         last = int(headers.get("Nats-Last-Consumer", "0"))
         if last != self._cseq:
             return f"heartbeat reports consumer sequence {last}, we hold {self._cseq}"
+        # Everything delivered has arrived: the stream position is past all of it.
+        self.position = max(self.position, int(headers.get("Nats-Last-Stream", "0")))
         return None
 
     async def _answer_flow_control(self) -> None:
