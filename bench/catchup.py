@@ -10,6 +10,7 @@ delivers to Python), and (b) a ``chat-cluster node`` process from start to
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,9 +19,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from chat_cluster.natsserver import NatsServer, ServerConfig, checked_binary
+from bench.common import BenchNats, start_nats
+from chat_cluster.natsserver import checked_binary
 from chat_cluster.processes import free_port
-from chatlog import ChatLog, LogSettings
 
 
 def ready(url: str) -> bool:
@@ -31,13 +32,23 @@ def ready(url: str) -> bool:
         return False
 
 
-def time_node_ready(nats_url: str) -> float:
+def time_node_ready(server: BenchNats) -> float:
     """Seconds from starting a node process to its first 200 on /readyz."""
     port = free_port()
     t0 = time.perf_counter()
     node = subprocess.Popen(
-        [sys.executable, "-m", "chat_cluster", "node", "--nats-url", nats_url, "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "chat_cluster",
+            "node",
+            "--nats-url",
+            server.url,
+            "--port",
+            str(port),
+        ],
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **server.env()},
     )
     try:
         while not ready(f"http://127.0.0.1:{port}/readyz"):
@@ -50,14 +61,11 @@ def time_node_ready(nats_url: str) -> float:
 
 async def main(count: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-catchup-"))
-    binary, version = checked_binary()
-    server = NatsServer(binary, ServerConfig("b1", work / "js", free_port(), free_port()), work)
-    server.start()
-    server.wait_ready()
+    _, version = checked_binary()
+    server = await start_nats(work)
     try:
-        log = await ChatLog.open(LogSettings(nats_urls=(server.config.url,)), "bench")
-        await log.ensure_stream()
-        text = b"x" * 200
+        log = await server.log()
+        text = b'{"text": "' + b"x" * 200 + b'"}'
         for start in range(0, count, 1000):
             await asyncio.gather(
                 *(
@@ -73,7 +81,7 @@ async def main(count: int) -> None:
         raw = time.perf_counter() - t0
         await log.close()
 
-        node_s = await asyncio.to_thread(time_node_ready, server.config.url)
+        node_s = await asyncio.to_thread(time_node_ready, server)
         print(f"nats-server {version}, {count} messages")
         print(f"  raw tail (ceiling): {raw:.2f} s, {count / raw:,.0f} msg/s")
         print(

@@ -11,9 +11,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from chat_cluster.admin import ensure_stream
+from chat_cluster.credentials import Credentials
 from chat_cluster.local import is_ready
-from chat_cluster.natsserver import NatsServer, ServerConfig, checked_binary
+from chat_cluster.natsserver import Auth, NatsServer, ServerConfig, checked_binary
 from chat_cluster.processes import free_port
+from chatlog import ChatLog, LogSettings, StreamSpec
+from chatlog.roles import ADMIN, NODE
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -31,17 +35,78 @@ class Figure:
     note: str = ""
 
 
-def start_nats(workdir: Path, sync_always: bool = True) -> NatsServer:
-    binary, _ = checked_binary()
-    name = "sync" if sync_always else "nosync"
-    own = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))  # a fresh store every time
-    config = ServerConfig(
-        f"bench-{name}", own / "js", free_port(), free_port(), sync_always=sync_always
-    )
-    server = NatsServer(binary, config, own)
-    server.start()
-    server.wait_ready()
-    return server
+STORE = 8 * 1024**3
+"""JetStream storage of a benchmark server: the log gets 80% of it (a million messages
+take about 400 MB)."""
+
+
+class BenchNats:
+    """A nats-server as production runs it (credentials and permissions on, unless
+    ``auth`` is off: for the figures that measure what credentials cost), with the
+    streams created by the admin. ``restart`` keeps the store and switches auth."""
+
+    def __init__(self, workdir: Path, sync_always: bool = True, auth: bool = True) -> None:
+        self.binary, _ = checked_binary()
+        name = "sync" if sync_always else "nosync"
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))  # a fresh store
+        self.creds = Credentials.ensure(workdir)
+        self.sync_always = sync_always
+        self.ports = (free_port(), free_port())
+        self.server = self._start(auth)
+
+    def _start(self, auth: bool) -> NatsServer:
+        self.auth = auth
+        self.config = ServerConfig(
+            "bench",
+            self.dir / "js",
+            *self.ports,
+            sync_always=self.sync_always,
+            # Off: the same account and streams, anyone in with no checks at all.
+            auth=Auth(self.creds.users(), STORE, insecure_anonymous=not auth),
+            store_bytes=STORE,
+        )
+        server = NatsServer(self.binary, self.config, self.dir, creds=self.creds)
+        server.start()
+        server.wait_ready()
+        return server
+
+    def restart(self, auth: bool) -> None:
+        self.server.stop()
+        self.server = self._start(auth)
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    def settings(self, role: str = NODE, **extra: object) -> LogSettings:
+        creds = str(self.creds.path(role)) if self.auth else None
+        return LogSettings(nats_urls=(self.url,), creds=creds, **extra)  # type: ignore[arg-type]
+
+    def env(self, role: str = NODE) -> dict[str, str]:
+        return self.creds.env(role) if self.auth else {}
+
+    def connect_options(self, role: str = NODE) -> dict[str, object]:
+        """For a bare nats-py client (the ceilings): the role's key and inbox."""
+        if not self.auth:
+            return {}
+        return {"nkeys_seed": str(self.creds.path(role)), "inbox_prefix": f"_INBOX_{role}"}
+
+    async def ensure_streams(self) -> None:
+        # Given sizes: without credentials there is no account limit to share out.
+        spec = StreamSpec(max_bytes=int(STORE * 0.8), snapshot_max_bytes=int(STORE * 0.15))
+        await ensure_stream(self.settings(ADMIN), spec, 60, "bench admin")
+
+    async def log(self, role: str = NODE, timeout: float = 30) -> ChatLog:
+        return await ChatLog.open(self.settings(role, publish_timeout=timeout), "bench", role)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+async def start_nats(workdir: Path, sync_always: bool = True, auth: bool = True) -> BenchNats:
+    nats = BenchNats(workdir, sync_always, auth)
+    await nats.ensure_streams()
+    return nats
 
 
 def raise_fd_limit() -> int:
@@ -53,7 +118,9 @@ def raise_fd_limit() -> int:
 class NodeProc:
     """A chat node started the way users start it; children inherit our fd limit."""
 
-    def __init__(self, nats_url: str, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, nats: BenchNats, *extra: str, env: dict[str, str] | None = None) -> None:
+        nats_url = nats.url
+        env = {**nats.env(NODE), **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(

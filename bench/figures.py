@@ -10,8 +10,8 @@ from pathlib import Path
 import nats
 import websockets
 
-from bench.common import Figure, NodeProc, Sink, cpu_seconds, start_nats
-from chatlog import ChatLog, LogSettings
+from bench.common import BenchNats, Figure, NodeProc, Sink, cpu_seconds, start_nats
+from chatlog import digest
 
 TEXT = "x" * 200
 _rng = random.Random(7)
@@ -21,9 +21,8 @@ of 100 channels a text repeats only every 1,009 records (~300 KB, beyond zlib's 
 snapshot compression is not flattered."""
 
 
-async def fill(url: str, count: int, channels: int = 100, first: int = 0) -> None:
-    log = await ChatLog.open(LogSettings(nats_urls=(url,), publish_timeout=30), "bench-fill")
-    await log.ensure_stream()
+async def fill(server: BenchNats, count: int, channels: int = 100, first: int = 0) -> None:
+    log = await server.log()
     payloads = [json.dumps({"text": text, "user": "bench"}).encode() for text in TEXTS]
     window = 2000
     for start in range(first, first + count, window):
@@ -36,8 +35,8 @@ async def fill(url: str, count: int, channels: int = 100, first: int = 0) -> Non
     await log.close()
 
 
-async def wait_for_snapshot(url: str, seq: int, timeout: float) -> None:
-    log = await ChatLog.open(LogSettings(nats_urls=(url,)), "bench-snapshot")
+async def wait_for_snapshot(server: BenchNats, seq: int, timeout: float) -> None:
+    log = await server.log()
     try:
         deadline = time.monotonic() + timeout
         while (meta := await log.snapshot_meta()) is None or meta.seq < seq:
@@ -48,9 +47,9 @@ async def wait_for_snapshot(url: str, seq: int, timeout: float) -> None:
         await log.close()
 
 
-async def raw_ordered_replay(url: str, count: int) -> float:
+async def raw_ordered_replay(server: BenchNats, count: int) -> float:
     """The ceiling for catch-up: nats-py's own ordered consumer, doing nothing per message."""
-    nc = await nats.connect(url)
+    nc = await nats.connect(server.url, **server.connect_options())  # type: ignore[arg-type]
     js = nc.jetstream()
     done = asyncio.Event()
     seen = 0
@@ -63,7 +62,12 @@ async def raw_ordered_replay(url: str, count: int) -> float:
 
     t0 = time.perf_counter()
     sub = await js.subscribe(
-        "chat.>", cb=on_msg, ordered_consumer=True, pending_msgs_limit=-1, pending_bytes_limit=-1
+        "chat.>",
+        stream="CHAT",  # no stream lookup: the node role may not list streams
+        cb=on_msg,
+        ordered_consumer=True,
+        pending_msgs_limit=-1,
+        pending_bytes_limit=-1,
     )
     await asyncio.wait_for(done.wait(), 600)
     elapsed = time.perf_counter() - t0
@@ -74,34 +78,33 @@ async def raw_ordered_replay(url: str, count: int) -> float:
 
 async def catch_up_and_memory(work: Path, count: int) -> list[Figure]:
     tail = count // 10  # the most a node replays after a snapshot with SNAPSHOT_EVERY=count/10
-    server = start_nats(work, sync_always=False)  # a faster fill; replay does not write
-    url = server.config.url
+    server = await start_nats(work, sync_always=False)  # a faster fill; replay does not write
     try:
-        await fill(url, 0)  # the stream, empty
-        empty = NodeProc(url, "--snapshot-every", "0")
+        empty = NodeProc(server, "--snapshot-every", "0")
         try:
             await asyncio.to_thread(empty.wait_ready)
             empty_rss = empty.rss()
         finally:
             empty.stop()
-        await fill(url, count)
-        raw = await raw_ordered_replay(url, count)
+        await fill(server, count)
+        raw = await raw_ordered_replay(server, count)
         # No snapshot exists yet: a full replay. Once ready, the node saves one.
-        node = NodeProc(url, "--snapshot-every", str(tail))
+        node = NodeProc(server, "--snapshot-every", str(tail))
         try:
             ready = await asyncio.to_thread(node.wait_ready, 300)
             full_rss = node.rss()
-            await wait_for_snapshot(url, count, 120)
+            # The snapshot is taken at a digest block boundary, at most a block back.
+            await wait_for_snapshot(server, count - digest.BLOCK, 120)
         finally:
             node.stop()
-        await fill(url, tail, first=count)
-        from_snapshot = NodeProc(url, "--snapshot-every", "0")
+        await fill(server, tail, first=count)
+        from_snapshot = NodeProc(server, "--snapshot-every", "0")
         try:
             snapshot_ready = await asyncio.to_thread(from_snapshot.wait_ready, 300)
             snapshot_rss = from_snapshot.rss()
         finally:
             from_snapshot.stop()
-        bounded = NodeProc(url, "--keep-per-channel", "1000")
+        bounded = NodeProc(server, "--keep-per-channel", "1000")
         try:
             await asyncio.to_thread(bounded.wait_ready, 300)
             bounded_rss = bounded.rss()
@@ -254,15 +257,15 @@ async def rest_throughput(url: str, count: int, concurrency: int = 32) -> float:
     return count / (time.perf_counter() - t0)
 
 
-async def raw_publish_rate(url: str, count: int, window: int = 256) -> float:
-    nc = await nats.connect(url)
+async def raw_publish_rate(server: BenchNats, count: int, window: int = 256) -> float:
+    nc = await nats.connect(server.url, **server.connect_options())  # type: ignore[arg-type]
     js = nc.jetstream()
     payload = json.dumps({"text": TEXT}).encode()
     t0 = time.perf_counter()
     for start in range(0, count, window):
         await asyncio.gather(
             *(
-                js.publish(f"chat.c{i % 100}", payload, headers={"Nats-Msg-Id": f"p{i}-{t0}"})
+                js.publish(f"chat.c{i % 100}.node", payload, headers={"Nats-Msg-Id": f"p{i}-{t0}"})
                 for i in range(start, min(count, start + window))
             )
         )
@@ -274,15 +277,12 @@ async def raw_publish_rate(url: str, count: int, window: int = 256) -> float:
 async def write_throughput(work: Path, count: int) -> list[Figure]:
     figures = []
     for sync in (True, False):
-        server = start_nats(work, sync_always=sync)
+        server = await start_nats(work, sync_always=sync)
         try:
-            log = await ChatLog.open(LogSettings(nats_urls=(server.config.url,)), "b")
-            await log.ensure_stream()
-            await log.close()
-            node = NodeProc(server.config.url)
+            node = NodeProc(server)
             try:
                 await asyncio.to_thread(node.wait_ready)
-                ceiling = await raw_publish_rate(server.config.url, count)
+                ceiling = await raw_publish_rate(server, count)
                 ws_rate = await ws_throughput(node.url, count)
                 rest_rate = await rest_throughput(node.url, count // 4)
             finally:
@@ -317,8 +317,8 @@ async def write_throughput(work: Path, count: int) -> list[Figure]:
 
 
 async def idle_connections(work: Path, count: int) -> list[Figure]:
-    server = start_nats(work)
-    node = NodeProc(server.config.url)
+    server = await start_nats(work)
+    node = NodeProc(server)
     sockets = []
     try:
         await asyncio.to_thread(node.wait_ready)
@@ -427,8 +427,8 @@ async def fan_out(
     number: str,
     target_ms: float,
 ) -> list[Figure]:
-    server = start_nats(work)
-    procs = [NodeProc(server.config.url) for _ in range(nodes)]
+    server = await start_nats(work)
+    procs = [NodeProc(server) for _ in range(nodes)]
     sockets = []
     try:
         for p in procs:
@@ -464,8 +464,8 @@ async def delivery_capacity(
     work: Path, clients: int, channels: int, rates: list[float]
 ) -> list[Figure]:
     """One node; raise the send rate step by step until p99 passes 50 ms."""
-    server = start_nats(work)
-    node = NodeProc(server.config.url)
+    server = await start_nats(work)
+    node = NodeProc(server)
     sockets = []
     best, steps = 0.0, []
     try:
@@ -502,6 +502,7 @@ def _instrumentation_off(n: int = 100_000) -> tuple[float, float]:
     tracing work on the apply path, and of the apply itself. (The send path skips its
     spans entirely when tracing is off.)"""
     from chat.follower import Follower
+    from chat.logstate import LogState
     from chat.replica import Replica
     from chat.settings import NodeSettings
     from chatlog import ChatLog, LogEntry
@@ -512,7 +513,7 @@ def _instrumentation_off(n: int = 100_000) -> tuple[float, float]:
     ]
     replica = Replica(8192)
     settings = NodeSettings()
-    follower = Follower(settings, replica, ChatLog(settings.log, "bench"))
+    follower = Follower(settings, replica, ChatLog(settings.log, "bench", "node"), LogState())
     t0 = time.perf_counter()
     for i in range(0, n, 256):
         replica.apply(entries[i : i + 256])
@@ -526,18 +527,15 @@ def _instrumentation_off(n: int = 100_000) -> tuple[float, float]:
 
 async def telemetry_cost(work: Path, count: int) -> list[Figure]:
     traced, apply = await asyncio.to_thread(_instrumentation_off)
-    server = start_nats(work)
+    server = await start_nats(work)
     sink = Sink()
     rates = {}
     try:
-        log = await ChatLog.open(LogSettings(nats_urls=(server.config.url,)), "b")
-        await log.ensure_stream()
-        await log.close()
         for label, env in (
             ("off", {}),
             ("on", {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "OTEL_BSP_SCHEDULE_DELAY": "1000"}),
         ):
-            node = NodeProc(server.config.url, env=env)
+            node = NodeProc(server, env=env)
             try:
                 await asyncio.to_thread(node.wait_ready)
                 rates[label] = await ws_throughput(node.url, count)
@@ -566,5 +564,120 @@ async def telemetry_cost(work: Path, count: int) -> list[Figure]:
             ratio=rates["on"] / rates["off"],
             target="report",
             note=f"{sink.requests} OTLP requests received",
+        ),
+    ]
+
+
+def _digest_cost(n: int = 100_000) -> tuple[float, float]:
+    """In process: seconds per message of the digest's work (the bytes of each entry and
+    the hash over them) and of the whole apply, which includes it."""
+    from chat.replica import Replica
+    from chatlog import LogEntry
+    from chatlog.digest import block_digest
+
+    payloads = [json.dumps({"text": text, "user": "bench"}).encode() for text in TEXTS]
+    entries = [
+        LogEntry(
+            seq=i + 1,
+            subject=f"chat.c{i % 100}.node",
+            data=payloads[i % len(payloads)],
+            stored_ns=i,
+            msg_id=f"m{i}",
+        )
+        for i in range(n)
+    ]
+    replica = Replica(8192)
+    replica.reset("bench", 8192)
+    t0 = time.perf_counter()
+    for i in range(0, n, 256):
+        replica.apply(entries[i : i + 256])
+    apply = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for i in range(0, n, digest.BLOCK):
+        block = []
+        for entry in entries[i : i + digest.BLOCK]:  # what apply does per entry
+            block.append(entry)
+        block_digest(block)
+    hashed = (time.perf_counter() - t0) / n
+    return hashed, apply
+
+
+async def _replay_rate(server: BenchNats, count: int) -> float:
+    node = NodeProc(server, "--snapshot-every", "0")
+    try:
+        return count / await asyncio.to_thread(node.wait_ready, 300)
+    finally:
+        node.stop()
+
+
+async def _send_rate(server: BenchNats, count: int) -> float:
+    node = NodeProc(server, "--snapshot-every", "0")
+    try:
+        await asyncio.to_thread(node.wait_ready)
+        return await ws_throughput(node.url, count)
+    finally:
+        node.stop()
+
+
+async def integrity_cost(work: Path, count: int, sends: int) -> list[Figure]:
+    """What NATS credentials (nkey auth, per-role permissions) and the replica's digest
+    cost: the same node on the same store with auth on and off, alternated, best of three
+    (single replays here vary by +-20% from run to run)."""
+    hashed, apply = await asyncio.to_thread(_digest_cost)
+    rates: dict[tuple[str, bool], list[float]] = {}
+    server = await start_nats(work, sync_always=False)
+    try:
+        await fill(server, count)
+        for auth in (True, False) * 3:
+            server.restart(auth)
+            rates.setdefault(("replay", auth), []).append(await _replay_rate(server, count))
+    finally:
+        server.stop()
+    server = await start_nats(work, sync_always=True)
+    try:
+        for auth in (True, False) * 3:
+            server.restart(auth)
+            rates.setdefault(("send", auth), []).append(await _send_rate(server, sends))
+    finally:
+        server.stop()
+    best = {key: max(values) for key, values in rates.items()}
+    replay = best["replay", True] / best["replay", False]
+    send = best["send", True] / best["send", False]
+    return [
+        Figure(
+            "8",
+            f"replay rate with NATS credentials and the digest ({count:,} messages) "
+            "vs the same node on the same store without credentials",
+            best["replay", True],
+            "msg/s",
+            ceiling=best["replay", False],
+            ratio=replay,
+            target=">= 0.95",
+            passed=replay >= 0.95,
+            note="best of three each, alternated",
+        ),
+        Figure(
+            "8",
+            "acknowledged sends (WebSocket pipelined, sync_interval always) with NATS "
+            "credentials vs without",
+            best["send", True],
+            "msg/s",
+            ceiling=best["send", False],
+            ratio=send,
+            target=">= 0.95",
+            passed=send >= 0.95,
+            note="best of three each, alternated",
+        ),
+        Figure(
+            "8",
+            "the digest's work per message, vs the time a node takes to replay one",
+            hashed * 1e9,
+            "ns",
+            ceiling=1e9 / best["replay", True],
+            ratio=hashed * best["replay", True],
+            target="<= 0.05",
+            passed=hashed * best["replay", True] <= 0.05,
+            note=f"in process; the apply alone takes {apply * 1e9:,.0f} ns, so "
+            f"{hashed / apply:.0%} of it",
         ),
     ]

@@ -55,6 +55,10 @@ async def main(quick: bool) -> None:
     )
     await section("idle WebSocket memory", figures.idle_connections(work, 10_000 // scale))
     await section("telemetry cost", figures.telemetry_cost(work, 20_000 // scale))
+    await section(
+        "credentials and digest cost",
+        figures.integrity_cost(work, 200_000 // scale, 10_000 // scale),
+    )
     print(write_results(results, machine()))
 
 

@@ -69,7 +69,10 @@ async def main(count: int) -> None:
                     arrivals.setdefault(int(frame["text"]), []).append(time.perf_counter())
 
         readers = [asyncio.create_task(reader(ws)) for ws in sockets]
-        nc = await nats.connect(f"nats://127.0.0.1:{base + 200}")
+        # `nats pub` needs the publisher role's key, which `up` made in its data dir.
+        nc = await nats.connect(
+            f"nats://127.0.0.1:{base + 200}", nkeys_seed=f"{data}/creds/publisher.nk"
+        )
         node_lat, arch_lat = [], []
         for i in range(count):
             t0 = time.perf_counter()

@@ -6,17 +6,25 @@ import re
 import options
 from archiver.settings import ArchiverSettings
 from chat.settings import NodeSettings
+from chat_cluster.settings import EnsureSettings
+from chatlog import StreamSpec
 from tests.support import ROOT
+
+HEAD = "| flag | env | default | what |\n|---|---|---|---|\n"
 
 
 def settings_block() -> str:
     node = "\n".join(options.markdown_rows(NodeSettings))
     archiver = "\n".join(options.markdown_rows(ArchiverSettings))
+    stream = "\n".join(options.markdown_rows(StreamSpec))
+    assert set(options.env_names(EnsureSettings)) <= (
+        set(options.env_names(ArchiverSettings)) | set(options.env_names(StreamSpec))
+    )
     return (
-        "`chat-cluster node`:\n\n| flag | env | default | what |\n|---|---|---|---|\n"
-        f"{node}\n\n`chat-cluster archiver` (and `chat-cluster ensure-stream`, which takes "
-        "the NATS and stream settings):\n\n| flag | env | default | what |\n|---|---|---|---|\n"
-        f"{archiver}\n"
+        f"`chat-cluster node`:\n\n{HEAD}{node}\n\n"
+        f"`chat-cluster archiver` (and the NATS settings of every command):\n\n{HEAD}{archiver}\n\n"
+        "`chat-cluster ensure-stream` (the NATS settings above, with the admin's "
+        f"credentials, and):\n\n{HEAD}{stream}\n"
     )
 
 

@@ -16,7 +16,7 @@ from typing import Protocol
 from chat.wire import message_frame
 from chatlog import LogEntry, Record, take
 from chatlog import digest as digest_rules
-from chatlog.digest import Digest, entry_bytes
+from chatlog.digest import Digest
 from chatlog.records import channel_json, compact_record, expand_record
 
 log = logging.getLogger("chat.replica")
@@ -152,12 +152,11 @@ class Replica:
         upstream, and we refuse it rather than serve it twice."""
         digest = self.digest
         block = digest_rules.BLOCK
-        hashed: list[bytes] = []
         for entry in entries:
             if entry.seq <= self.applied:
                 log.error("refused seq %d: already applied up to %d", entry.seq, self.applied)
                 continue
-            hashed.append(entry_bytes(entry))
+            digest.block.append(entry)
             digest.count += 1
             taken = take(entry, self.max_text)
             self.applied = entry.seq
@@ -171,14 +170,10 @@ class Replica:
                     extra={"seq": taken.seq, "reason": taken.reason},
                 )  # fmt: skip
             if digest.count % block == 0:
-                digest.feed(hashed)
-                hashed = []
                 digest.close_block()
                 self.checkpoint = Checkpoint(
                     entry.seq, digest.count, digest.chain, self.applied_total, dict(self.skipped)
                 )
-        if hashed:
-            digest.feed(hashed)
         if entries:
             self.last_stored_ns = entries[-1].stored_ns
             self._wake()

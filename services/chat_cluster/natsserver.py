@@ -93,9 +93,13 @@ class Auth:
     users: tuple[NatsUser, ...]
     account_storage: int
     route_password: str | None = None
+    insecure_anonymous: bool = False
+    """Let anyone in, as an unrestricted user of the account: only for the benchmark
+    that measures what credentials cost (same account, same streams, no checks)."""
 
     def render(self) -> list[str]:
-        lines = [
+        lines = ['no_auth_user: "anonymous"'] if self.insecure_anonymous else []
+        lines += [
             "accounts {",
             f"  {ACCOUNT} {{",
             f"    jetstream {{ max_file: {self.account_storage}, max_mem: {ACCOUNT_MEMORY} }}",
@@ -116,6 +120,8 @@ class Auth:
                 f"      {{ {who}, permissions: {{ publish: {{ allow: {_list(granted.publish)} }}, "
                 f"subscribe: {{ {subscribe} }} }} }}"
             )
+        if self.insecure_anonymous:
+            lines.append('      { user: "anonymous", password: "" }')
         lines += ["    ]", "  }", "}"]
         return lines
 

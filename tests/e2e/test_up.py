@@ -167,6 +167,11 @@ def test_walkthrough(up: Up) -> None:
     assert rows["archiver"][2] == "ready"
     assert exit_codes[-1] == 0  # everything ready
 
+    # verify finds the nodes, NATS and the archiver's credentials in the data directory
+    verified = cli("verify", "--data-dir", str(up.data))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.count("equal to the log at seq 2") == 3
+
     # kill -9 of node 2: the supervisor restarts it, it replays, turns ready, holds everything.
     old = up.pid("node-2")
     os.kill(old, signal.SIGKILL)
