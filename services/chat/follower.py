@@ -6,15 +6,12 @@ where a message could fall through. Whatever goes wrong (NATS restart, gap,
 stall, deleted stream) ends the same way: close the consumer, check the
 epoch, and start a new one from applied+1.
 
-Every second the watchdog also checks that the log still holds everything the
-replica applied (no seq beyond the log's end, no fewer entries than applied), and
-every few seconds it compares one random held record and the newest with the
-log's own. A replica that fails either is rebuilt from the log alone (Diverged).
+Every second the watchdog also checks that the replica still equals the log
+(:mod:`chat.integrity`); one that does not is rebuilt from the log alone.
 """
 
 import asyncio
 import logging
-import random
 import time
 from collections import Counter
 
@@ -22,12 +19,11 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from chat import snapshot
+from chat.integrity import Diverged, Integrity, channel_name
 from chat.logstate import LogState
 from chat.replica import Replica
 from chat.settings import NodeSettings
-from chatlog import ChatLog, LogEntry, LogError, LogInfo, Record, Tail, TailBroken, take
-from chatlog.names import channel_of
-from chatlog.records import encode_record
+from chatlog import ChatLog, LogEntry, LogError, LogInfo, Tail, TailBroken
 from chatlog.retry import FOLLOW, SERVICE, Backoff, retry
 from telemetry import context_of
 
@@ -37,42 +33,6 @@ tracer = trace.get_tracer("chat")
 
 RECONNECT_AFTER = 3
 """Consecutive consumer resets without progress before we try another NATS server."""
-
-
-class Diverged(TailBroken):
-    """The replica holds something the log does not: it must be rebuilt from the log."""
-
-    code = "diverged"
-
-
-class Suspicion:
-    """A difference from the log is acted on only once it has been seen for ``confirm``
-    seconds. Right after a partition a server that has not yet learnt it lost its
-    leadership can answer with an older state of the stream for a moment; a log that
-    really lost entries stays that way."""
-
-    def __init__(self, what: str, confirm: float) -> None:
-        self._what = what
-        self._confirm = confirm
-        self._since: float | None = None
-        self.seq: int | None = None
-        """The seq to look at again, for a suspicion about one record."""
-
-    def observe(self, problem: str | None, seq: int | None = None) -> None:
-        if problem is None:
-            self._since, self.seq = None, None
-            return
-        now = time.monotonic()
-        if self._since is None:
-            self._since, self.seq = now, seq
-            log.warning("%s may differ from the log (%s); looking again", self._what, problem)
-        elif now - self._since >= self._confirm:
-            raise Diverged(problem)
-
-
-def channel_name(subject: str) -> str:
-    where = channel_of(subject)
-    return where[0] if where else ""
 
 
 class Follower:
@@ -86,8 +46,7 @@ class Follower:
         self._chatlog = chatlog
         self._log_state = log_state
         self._rebuild: str | None = None
-        self._ends = Suspicion("the replica", settings.diverge_after)
-        self._records = Suspicion("a record", settings.diverge_after)
+        self._integrity = Integrity(replica, chatlog, settings.diverge_after)
         self.snapshot_rejections: Counter[str] = Counter()
         """Snapshots not trusted at bootstrap, by reason (then the node replayed the log)."""
         self.alive = False
@@ -170,8 +129,7 @@ class Follower:
         self._observe(info)
         rebuild, self._rebuild = self._rebuild, None
         if info.epoch != self._replica.epoch or rebuild is not None:
-            self._ends.observe(None)
-            self._records.observe(None)
+            self._integrity.forget()
             loaded = None
             if rebuild is None:
                 loaded = await snapshot.fetch(self._chatlog, info, self.snapshot_rejections)
@@ -205,57 +163,12 @@ class Follower:
         self._log_state.info = info
 
     async def _check_equal(self) -> None:
-        """Raise Diverged when this replica holds what the log does not.
-
-        The replica's position is read before asking the stream: the log only grows,
-        so a stream that is behind that position, or holds fewer entries up to it than
-        were applied, has lost entries (deleted, purged, or a different store)."""
         replica = self._replica
-        applied, count = replica.applied, replica.digest.count
+        applied, count = replica.applied, replica.digest.count  # before asking the stream
         info = await self.refresh()
         if info.epoch != replica.epoch:
             raise TailBroken(f"stream has a new epoch {info.epoch}")
-        problem = None
-        at_most = info.messages - (info.last_seq - applied)
-        if applied > info.last_seq:
-            problem = f"holds seq {applied}, but the log ends at seq {info.last_seq}"
-        elif count > at_most or (applied == info.last_seq and count != info.messages):
-            problem = (
-                f"applied {count} entries up to seq {applied}, the log holds {at_most} "
-                "up to there: entries were deleted or purged"
-            )
-        self._ends.observe(problem)
-
-    async def _audit(self) -> None:
-        """Compare one held seq (random, or the one under suspicion), and the newest, with
-        the log's own entry."""
-        replica = self._replica
-        applied = replica.applied
-        if applied == 0:
-            return
-        looked = self._records.seq or random.randint(1, applied)
-        for seq in (looked, applied):
-            entry = await self._chatlog.entry_at(seq)
-            if replica.applied < applied or replica.epoch is None:
-                return  # rebuilt meanwhile
-            problem = self._compare(seq, entry)
-            if problem is not None or seq == applied:
-                self._records.observe(problem, seq)
-                if problem is not None:
-                    return
-
-    def _compare(self, seq: int, entry: LogEntry | None) -> str | None:
-        replica = self._replica
-        if entry is None:
-            return f"seq {seq} is applied here but not in the log"
-        taken = take(entry, replica.max_text)
-        if isinstance(taken, Record):
-            if replica.holds(taken.channel, seq):
-                if replica.record_at(taken.channel, seq) != encode_record(taken).decode():
-                    return f"seq {seq} differs from the log's"
-        elif replica.record_at(channel_name(entry.subject), seq) is not None:
-            return f"seq {seq} is skipped by the log's rule but served here"
-        return None
+        self._integrity.check_ends(info, applied, count)
 
     def _trace(self, entries: list[LogEntry], started: int) -> None:
         """An apply span (and a delivery span) per message that came with a traceparent,
@@ -327,9 +240,11 @@ class Follower:
             if now >= next_audit:
                 # Sooner while a record is under suspicion: confirm or clear it quickly.
                 next_audit = now + (
-                    settings.watchdog_interval if self._records.seq else settings.audit_interval
+                    settings.watchdog_interval
+                    if self._integrity.suspicious
+                    else settings.audit_interval
                 )
-                await self._audit()
+                await self._integrity.audit()
             if now >= next_check:
                 next_check = now + settings.watchdog_interval
                 await self._check_equal()

@@ -1,0 +1,121 @@
+"""The checks that a replica still equals the log, and what counts as a difference.
+
+Every second the follower asks whether the log still holds everything the replica
+applied (no seq beyond the log's end, no fewer entries up to the replica's seq
+than it applied), and every few seconds it compares one held record (random, or
+the one under suspicion) and the newest with the log's own entry. A difference
+that lasts ``diverge_after`` seconds raises Diverged: the follower then rebuilds
+the replica from the log alone.
+"""
+
+import logging
+import random
+import time
+
+from chat.replica import Replica
+from chatlog import ChatLog, LogEntry, LogInfo, Record, TailBroken, take
+from chatlog.names import channel_of
+from chatlog.records import encode_record
+
+log = logging.getLogger("chat.integrity")
+
+
+class Diverged(TailBroken):
+    """The replica holds something the log does not: it must be rebuilt from the log."""
+
+    code = "diverged"
+
+
+class Suspicion:
+    """A difference from the log is acted on only once it has been seen for ``confirm``
+    seconds. Right after a partition a server that has not yet learnt it lost its
+    leadership can answer with an older state of the stream for a moment (the fault
+    suite saw one answer "the log ends at 134" to a node at 410); a log that really
+    lost entries stays that way."""
+
+    def __init__(self, what: str, confirm: float) -> None:
+        self._what = what
+        self._confirm = confirm
+        self._since: float | None = None
+        self.seq: int | None = None
+        """The seq to look at again, for a suspicion about one record."""
+
+    def observe(self, problem: str | None, seq: int | None = None) -> None:
+        if problem is None:
+            self._since, self.seq = None, None
+            return
+        now = time.monotonic()
+        if self._since is None:
+            self._since, self.seq = now, seq
+            log.warning("%s may differ from the log (%s); looking again", self._what, problem)
+        elif now - self._since >= self._confirm:
+            raise Diverged(problem)
+
+
+def channel_name(subject: str) -> str:
+    where = channel_of(subject)
+    return where[0] if where else ""
+
+
+class Integrity:
+    def __init__(self, replica: Replica, chatlog: ChatLog, confirm: float) -> None:
+        self._replica = replica
+        self._chatlog = chatlog
+        self._ends = Suspicion("the replica", confirm)
+        self._records = Suspicion("a record", confirm)
+
+    @property
+    def suspicious(self) -> bool:
+        return self._records.seq is not None
+
+    def forget(self) -> None:
+        """A rebuild starts from the log: nothing is suspected any more."""
+        self._ends.observe(None)
+        self._records.observe(None)
+
+    def check_ends(self, info: LogInfo, applied: int, count: int) -> None:
+        """``applied`` and ``count`` (entries applied) were read before ``info`` was asked
+        for: the log only grows, so a stream that is behind that position, or holds fewer
+        entries up to it than were applied, has lost entries (deleted, purged, or a
+        different store)."""
+        problem = None
+        at_most = info.messages - (info.last_seq - applied)
+        if applied > info.last_seq:
+            problem = f"holds seq {applied}, but the log ends at seq {info.last_seq}"
+        elif count > at_most or (applied == info.last_seq and count != info.messages):
+            problem = (
+                f"applied {count} entries up to seq {applied}, the log holds {at_most} "
+                "up to there: entries were deleted or purged"
+            )
+        self._ends.observe(problem)
+
+    async def audit(self) -> None:
+        """Compare one held seq (random, or the one under suspicion), and the newest, with
+        the log's own entry."""
+        replica = self._replica
+        applied = replica.applied
+        if applied == 0:
+            return
+        looked = self._records.seq or random.randint(1, applied)
+        for seq in (looked, applied):
+            entry = await self._chatlog.entry_at(seq)
+            if replica.applied < applied or replica.epoch is None:
+                return  # rebuilt meanwhile
+            problem = self._compare(seq, entry)
+            if problem is not None or seq == applied:
+                self._records.observe(problem, seq)
+                if problem is not None:
+                    return
+
+    def _compare(self, seq: int, entry: LogEntry | None) -> str | None:
+        replica = self._replica
+        if entry is None:
+            return f"seq {seq} is applied here but not in the log"
+        taken = take(entry, replica.max_text)
+        if isinstance(taken, Record):
+            if replica.holds(taken.channel, seq):
+                if replica.record_at(taken.channel, seq) != encode_record(taken).decode():
+                    return f"seq {seq} differs from the log's"
+        elif replica.record_at(channel_name(entry.subject), seq) is not None:
+            return f"seq {seq} is skipped by the log's rule but served here"
+        return None
