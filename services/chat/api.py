@@ -34,7 +34,7 @@ def _progress(node: Node, status: str) -> Progress:
         resets=follower.resets,
         snapshot_seq=follower.snapshot_seq,
         entries=replica.digest.count,
-        digest=replica.digest.hexdigest(),
+        digest=replica.digest.hexdigest(replica.max_text),
         append_only=node.log_state.append_only,
         log_full=node.log_state.full,
         log_usage=round(node.log_state.usage, 4),

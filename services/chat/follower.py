@@ -23,7 +23,8 @@ from chat.integrity import Diverged, Integrity, channel_name
 from chat.logstate import LogState
 from chat.replica import Replica
 from chat.settings import NodeSettings
-from chatlog import ChatLog, LogEntry, LogError, LogInfo, Tail, TailBroken
+from chatlog import ChatLog, LogEntry, LogError, LogInfo, StreamConflict, Tail, TailBroken
+from chatlog.errors import StreamMissing
 from chatlog.retry import FOLLOW, SERVICE, Backoff, retry
 from telemetry import context_of
 
@@ -46,7 +47,7 @@ class Follower:
         self._chatlog = chatlog
         self._log_state = log_state
         self._rebuild: str | None = None
-        self._integrity = Integrity(replica, chatlog, settings.diverge_after)
+        self.integrity = Integrity(replica, chatlog, settings.diverge_after)
         self.snapshot_rejections: Counter[str] = Counter()
         """Snapshots not trusted at bootstrap, by reason (then the node replayed the log)."""
         self.alive = False
@@ -59,6 +60,10 @@ class Follower:
         """The stream's last seq as last seen (bootstrap, then the watchdog every second)."""
         self.snapshot_seq = 0
         """The seq of the snapshot the current epoch started from; 0 for a full replay."""
+        self.stream_ok = False
+        """The stream exists and means what we expect, as last checked: a node whose log
+        was deleted, or changed into something else, serves what it holds but is not
+        ready."""
 
     @property
     def connected(self) -> bool:
@@ -69,6 +74,7 @@ class Follower:
         """Connected, caught up with the stream once, and still following it."""
         return (
             self.alive
+            and self.stream_ok
             and self.connected
             and self._replica.epoch is not None
             and self._replica.applied >= self.target
@@ -93,6 +99,8 @@ class Follower:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if isinstance(exc, StreamMissing | StreamConflict):
+                    self.stream_ok = False
                 if isinstance(exc, Diverged):
                     # Not a glitch: what we serve is not the log. Start over from the log.
                     log.error("replica differs from the log: %s; rebuilding it", exc.detail)
@@ -126,10 +134,11 @@ class Follower:
         # that replaces everything we hold, and a replica that was found to differ from
         # the log is rebuilt from the log alone (a snapshot may be what differed).
         info = await self._chatlog.check_stream()
+        self.stream_ok = True
         self._observe(info)
         rebuild, self._rebuild = self._rebuild, None
         if info.epoch != self._replica.epoch or rebuild is not None:
-            self._integrity.forget()
+            self.integrity.forget()
             loaded = None
             if rebuild is None:
                 loaded = await snapshot.fetch(self._chatlog, info, self.snapshot_rejections)
@@ -168,7 +177,8 @@ class Follower:
         info = await self.refresh()
         if info.epoch != replica.epoch:
             raise TailBroken(f"stream has a new epoch {info.epoch}")
-        self._integrity.check_ends(info, applied, count)
+        self.integrity.check_ends(info, applied, count)
+        self.integrity.check_rule(info.max_text)
 
     def _trace(self, entries: list[LogEntry], started: int) -> None:
         """An apply span (and a delivery span) per message that came with a traceparent,
@@ -241,10 +251,10 @@ class Follower:
                 # Sooner while a record is under suspicion: confirm or clear it quickly.
                 next_audit = now + (
                     settings.watchdog_interval
-                    if self._integrity.suspicious
+                    if self.integrity.suspicious
                     else settings.audit_interval
                 )
-                await self._integrity.audit()
+                await self.integrity.audit()
             if now >= next_check:
                 next_check = now + settings.watchdog_interval
                 await self._check_equal()

@@ -37,10 +37,10 @@ class Suspicion:
         self._what = what
         self._confirm = confirm
         self._since: float | None = None
-        self.seq: int | None = None
-        """The seq to look at again, for a suspicion about one record."""
+        self.seq: tuple[int, str] | None = None
+        """The record (seq, channel) to look at again, for a suspicion about one record."""
 
-    def observe(self, problem: str | None, seq: int | None = None) -> None:
+    def observe(self, problem: str | None, seq: tuple[int, str] | None = None) -> None:
         if problem is None:
             self._since, self.seq = None, None
             return
@@ -63,6 +63,9 @@ class Integrity:
         self._chatlog = chatlog
         self._ends = Suspicion("the replica", confirm)
         self._records = Suspicion("a record", confirm)
+        self._rule = Suspicion("the rule", confirm)
+        self.audits = 0
+        """Audits done: how tests know that checks ran and found nothing."""
 
     @property
     def suspicious(self) -> bool:
@@ -72,6 +75,16 @@ class Integrity:
         """A rebuild starts from the log: nothing is suspected any more."""
         self._ends.observe(None)
         self._records.observe(None)
+        self._rule.observe(None)
+
+    def check_rule(self, max_text: int) -> None:
+        """The log's text limit (in its metadata) is part of the rule every replica applies:
+        if an operator changed it, what this replica holds was taken by another rule."""
+        held = self._replica.max_text
+        problem = None
+        if max_text != held:
+            problem = f"the log's text limit is now {max_text}, this replica applied {held}"
+        self._rule.observe(problem)
 
     def check_ends(self, info: LogInfo, applied: int, count: int) -> None:
         """``applied`` and ``count`` (entries applied) were read before ``info`` was asked
@@ -90,32 +103,43 @@ class Integrity:
         self._ends.observe(problem)
 
     async def audit(self) -> None:
-        """Compare one held seq (random, or the one under suspicion), and the newest, with
-        the log's own entry."""
+        """Compare one held record (random, or the one under suspicion) and the newest with
+        the log's own entry at its seq. Only records the replica holds are looked at: seqs
+        the log no longer has and the replica does not serve either are no difference."""
+        self.audits += 1
         replica = self._replica
         applied = replica.applied
-        if applied == 0:
-            return
-        looked = self._records.seq or random.randint(1, applied)
-        for seq in (looked, applied):
+        looked = self._records.seq or self._random_held()
+        for held in (looked, replica.newest):
+            if held is None:
+                continue
+            seq, channel = held
             entry = await self._chatlog.entry_at(seq)
             if replica.applied < applied or replica.epoch is None:
                 return  # rebuilt meanwhile
-            problem = self._compare(seq, entry)
-            if problem is not None or seq == applied:
-                self._records.observe(problem, seq)
-                if problem is not None:
-                    return
+            problem = self._compare(seq, channel, entry)
+            self._records.observe(problem, held if problem else None)
+            if problem is not None:
+                return
 
-    def _compare(self, seq: int, entry: LogEntry | None) -> str | None:
+    def _random_held(self) -> tuple[int, str] | None:
+        channels = self._replica.channels
+        if not channels:
+            return None
+        name = random.choice(list(channels))
+        seqs = channels[name].seqs
+        return (seqs[random.randrange(len(seqs))], name) if seqs else None
+
+    def _compare(self, seq: int, channel: str, entry: LogEntry | None) -> str | None:
         replica = self._replica
+        held = replica.record_at(channel, seq)
+        if held is None:
+            return None  # trimmed (a bounded node) or replaced by a rebuild meanwhile
         if entry is None:
-            return f"seq {seq} is applied here but not in the log"
+            return f"seq {seq} is served here but not in the log"
         taken = take(entry, replica.max_text)
-        if isinstance(taken, Record):
-            if replica.holds(taken.channel, seq):
-                if replica.record_at(taken.channel, seq) != encode_record(taken).decode():
-                    return f"seq {seq} differs from the log's"
-        elif replica.record_at(channel_name(entry.subject), seq) is not None:
-            return f"seq {seq} is skipped by the log's rule but served here"
+        if not isinstance(taken, Record):
+            return f"seq {seq} is served here but skipped by the log's rule"
+        if held != encode_record(taken).decode():
+            return f"seq {seq} differs from the log's"
         return None

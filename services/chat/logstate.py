@@ -7,6 +7,9 @@ the next one that succeeds. /readyz and /metrics read it.
 
 from chatlog import LogInfo
 
+NO_ROOM = 1024
+"""Bytes left in the log below which a send of even a short message is refused."""
+
 
 class LogState:
     def __init__(self) -> None:
@@ -22,11 +25,15 @@ class LogState:
 
     @property
     def full(self) -> bool:
-        """A send was refused as full, and the limit has not been raised since: writes
-        will work again by themselves as soon as it is."""
+        """A send was refused as full, and the limit has not been raised since (writes
+        work again by themselves as soon as it is); or, as the watchdog last saw the log,
+        not even a small message would fit (another node's sends are being refused)."""
+        info = self.info
+        if info is not None and 0 < info.max_bytes and info.max_bytes - info.bytes < NO_ROOM:
+            return True
         if self._full_at_limit is None:
             return False
-        return self.info is None or self.info.max_bytes <= self._full_at_limit
+        return info is None or info.max_bytes <= self._full_at_limit
 
     @property
     def usage(self) -> float:

@@ -117,6 +117,8 @@ class Replica:
         self.checkpoint = Checkpoint(0, 0, self.digest.chain, 0, {})
         self.last_stored_ns = 0
         """stored_at of the newest applied entry: how far behind the log's head we are."""
+        self.newest: tuple[int, str] | None = None
+        """(seq, channel) of the newest record held."""
         self._listeners: dict[str, set[Listener]] = {}
         self._progress = asyncio.Event()
 
@@ -140,6 +142,7 @@ class Replica:
         self.digest = Digest()
         self.checkpoint = Checkpoint(0, 0, self.digest.chain, 0, {})
         self.last_stored_ns = 0
+        self.newest = None
         listeners = {listener for group in self._listeners.values() for listener in group}
         self._listeners = {}
         for listener in listeners:
@@ -199,6 +202,7 @@ class Replica:
         if channel is None:
             channel = self.channels[taken.channel] = ChannelLog(taken.channel)
         channel.append(taken.seq, fields, stored_us, self.keep)
+        self.newest = (taken.seq, taken.channel)
         listeners = self._listeners.get(taken.channel)
         if listeners:
             frame = message_frame(channel.record_json(-1))

@@ -56,9 +56,10 @@ class Saver:
         try:
             meta = await chatlog.snapshot_meta()
         except SnapshotRejected as exc:
-            # Not one of ours (forged, or altered): ours replaces it as the newest.
+            # Not one of ours (forged, or altered): ours replaces it as the newest, now.
             log.error("the newest snapshot is not trusted (%s): saving a new one", exc.detail)
             meta = None
+            self._newest = (replica.epoch, 0)
         if meta is not None and meta.epoch == replica.epoch and meta.format == snapshot.FORMAT:
             self._newest = (meta.epoch, max(self._newest[1], meta.seq))
             if position - meta.seq < self._every:

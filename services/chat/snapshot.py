@@ -199,6 +199,8 @@ def restore(replica: Replica, meta: SnapshotMeta, state: ReplicaState) -> None:
         replica.channels[channel_state.name] = channel
         if stored_us:
             replica.last_stored_ns = max(replica.last_stored_ns, stored_us[-1] * 1000)
+        if seqs and (replica.newest is None or seqs[-1] > replica.newest[0]):
+            replica.newest = (seqs[-1], channel_state.name)
 
 
 def usable(meta: SnapshotMeta | None, info: LogInfo) -> bool:

@@ -217,7 +217,7 @@ def _verify(settings: VerifySettings) -> int:
         log = dataclasses.replace(log, creds=str(data / "creds" / "archiver.nk"))
     if log.nats_urls == LogSettings().nats_urls and local_nats(data):
         log = dataclasses.replace(log, nats_urls=local_nats(data))
-    return asyncio.run(verify(log, nodes))
+    return asyncio.run(verify(log, nodes, settings.records))
 
 
 def _ensure_stream(settings: EnsureSettings, timeout: float) -> int:

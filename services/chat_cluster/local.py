@@ -150,7 +150,8 @@ class Service:
 def owned(data: Path) -> Iterator[None]:
     """Hold the data directory's lock for as long as ``up`` runs. The kernel releases it
     when the process dies, however it dies, so a stale lock file never blocks."""
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data.chmod(0o700)  # logs, the store and credentials: for this user only
     path = data / LOCK
     with path.open("a+") as lock:
         try:

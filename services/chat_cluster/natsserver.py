@@ -18,9 +18,8 @@ from typing import IO
 
 from chat_cluster.credentials import Credentials, NatsUser
 from chat_cluster.processes import die_with_parent, terminate
-from chatlog.roles import permissions
+from chatlog.roles import ACCOUNTS, LOG_ACCOUNT, imports, permissions
 
-ACCOUNT = "CHAT"
 ACCOUNT_MEMORY = 256 * 1024 * 1024
 """The account's memory storage: the replicas' ephemeral consumers keep their state there."""
 
@@ -99,31 +98,61 @@ class Auth:
 
     def render(self) -> list[str]:
         lines = ['no_auth_user: "anonymous"'] if self.insecure_anonymous else []
-        lines += [
-            "accounts {",
-            f"  {ACCOUNT} {{",
-            f"    jetstream {{ max_file: {self.account_storage}, max_mem: {ACCOUNT_MEMORY} }}",
-            "    users: [",
-        ]
-        for user in self.users:
-            who = (
-                f'nkey: "{user.nkey}"'
-                if user.nkey
-                else f'user: "{user.name}", password: "{user.password}"'
-            )
-            granted = permissions(user.role)
-            if granted is None:
-                lines.append(f"      {{ {who} }}")
-                continue
-            subscribe = f"allow: {_list(granted.subscribe)}" if granted.subscribe else 'deny: [">"]'
-            lines.append(
-                f"      {{ {who}, permissions: {{ publish: {{ allow: {_list(granted.publish)} }}, "
-                f"subscribe: {{ {subscribe} }} }} }}"
-            )
-        if self.insecure_anonymous:
-            lines.append('      { user: "anonymous", password: "" }')
-        lines += ["    ]", "  }", "}"]
+        lines.append("accounts {")
+        for account in dict.fromkeys(ACCOUNTS.values()):  # CHAT first: it holds the streams
+            roles = [role for role, home in ACCOUNTS.items() if home == account]
+            lines.append(f"  {account} {{")
+            if account == LOG_ACCOUNT:
+                memory = ACCOUNT_MEMORY
+                lines.append(
+                    f"    jetstream {{ max_file: {self.account_storage}, max_mem: {memory} }}"
+                )
+            lines.append("    users: [")
+            for user in self.users:
+                if user.role in roles:
+                    lines.append(f"      {_user(user)}")
+            if self.insecure_anonymous and account == LOG_ACCOUNT:
+                lines.append('      { user: "anonymous", password: "" }')
+            lines.append("    ]")
+            if account == LOG_ACCOUNT:
+                lines += _exports()
+            for role in roles:
+                wanted = imports(role)
+                if wanted:
+                    lines.append("    imports: [")
+                    for service in wanted:
+                        source = f'account: {LOG_ACCOUNT}, subject: "{service.subject}"'
+                        lines.append(f'      {{ service: {{ {source} }}, to: "{service.to}" }}')
+                    lines.append("    ]")
+            lines.append("  }")
+        lines.append("}")
         return lines
+
+
+def _user(user: NatsUser) -> str:
+    who = (
+        f'nkey: "{user.nkey}"' if user.nkey else f'user: "{user.name}", password: "{user.password}"'
+    )
+    granted = permissions(user.role)
+    if granted is None:
+        return f"{{ {who} }}"
+    subscribe = f"allow: {_list(granted.subscribe)}" if granted.subscribe else 'deny: [">"]'
+    return (
+        f"{{ {who}, permissions: {{ publish: {{ allow: {_list(granted.publish)} }}, "
+        f"subscribe: {{ {subscribe} }} }} }}"
+    )
+
+
+def _exports() -> list[str]:
+    """What the log's account offers the others: exactly what they import, to them only."""
+    lines = ["    exports: ["]
+    for role, account in ACCOUNTS.items():
+        for service in imports(role):
+            response = ", response: stream" if service.stream_response else ""
+            lines.append(
+                f'      {{ service: "{service.subject}"{response}, accounts: [{account}] }}'
+            )
+    return [*lines, "    ]"]
 
 
 @dataclass(frozen=True)

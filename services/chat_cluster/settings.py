@@ -151,6 +151,11 @@ class VerifySettings:
     data_dir: str = _data_dir(
         "a local cluster: its nodes, NATS and archiver credentials when not given"
     )
+    records: bool = setting(
+        False, flag="--records", env=None,
+        help="also compare every record every node serves with the log's, whatever the "
+        "digests say (reads everything: slow on a long log)",
+    )  # fmt: skip
     log: LogSettings = nested(LogSettings)
 
 

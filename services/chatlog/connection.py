@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from chatlog.errors import Forbidden, LogRejected, LogUnavailable
-from chatlog.roles import inbox_prefix
+from chatlog.roles import api_prefix, inbox_prefix
 from chatlog.settings import LogSettings
 
 log = logging.getLogger("chatlog")
@@ -58,16 +58,21 @@ class Connection:
     """A connected nats-py client with its JetStream contexts. Reconnects by itself for
     ever once connected; ``events`` counts its reconnections."""
 
-    def __init__(self, nc: Client, settings: LogSettings) -> None:
+    def __init__(self, nc: Client, settings: LogSettings, role: str) -> None:
         self.nc = nc
         self.settings = settings
+        self.api = api_prefix(role)
+        """The JetStream API as this role reaches it (imported under another name by a
+        role whose account does not hold the streams)."""
         self.api_timeout = min(settings.api_timeout, settings.publish_timeout)
         # Management calls (stream info, consumer create, direct get) get a short timeout:
         # while a stream elects a new leader they hang, and a watchdog stuck for the whole
         # publish timeout would delay recovery by that much.
-        self.js: JetStreamContext = nc.jetstream(timeout=self.api_timeout)
+        self.js: JetStreamContext = nc.jetstream(prefix=self.api, timeout=self.api_timeout)
         # Large bodies (snapshot chunks) get the publish timeout.
-        self.js_slow: JetStreamContext = nc.jetstream(timeout=settings.publish_timeout)
+        self.js_slow: JetStreamContext = nc.jetstream(
+            prefix=self.api, timeout=settings.publish_timeout
+        )
         self.reconnects = 0
         self.violations = 0
         self.last_violation = ""
@@ -122,7 +127,7 @@ class Connection:
             raise LogUnavailable(f"cannot connect to NATS at {urls}: {exc!r}{said}") from exc
         # ...and unbounded once connected: a running service never gives up on NATS.
         nc.options["max_reconnect_attempts"] = -1
-        conn = cls(nc, settings)
+        conn = cls(nc, settings, role)
         return conn
 
     @property

@@ -57,10 +57,13 @@ class Digest:
         self.chain = hashlib.sha256(self.chain + block_digest(self.block)).digest()
         self.block = []
 
-    def hexdigest(self) -> str:
-        """The digest at the newest entry added."""
+    def hexdigest(self, max_text: int) -> str:
+        """The digest at the newest entry added, under the log's text limit (the one
+        parameter of the rule that turns entries into records: two replicas that apply
+        the same entries by different limits serve different records)."""
         tail = block_digest(self.block)
-        return hashlib.sha256(self.chain + tail + self.count.to_bytes(8, "little")).hexdigest()
+        counts = self.count.to_bytes(8, "little") + max_text.to_bytes(8, "little")
+        return hashlib.sha256(self.chain + tail + counts).hexdigest()
 
 
 def add(digest: Digest, entry: LogEntry) -> bool:

@@ -25,6 +25,12 @@ class LogUnavailable(LogError):
     code = "log_unavailable"
 
 
+class StreamMissing(LogUnavailable):
+    """The stream does not exist (deleted, or not created yet): an admin creates it."""
+
+    code = "stream_missing"
+
+
 class LogRejected(LogError):
     """JetStream answered, and refused the request."""
 

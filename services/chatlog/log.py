@@ -16,7 +16,7 @@ import nats.js.errors
 from nats.js import api
 
 from chatlog.connection import Connection, boundary
-from chatlog.errors import LogFull, LogUnavailable, StreamLimitUnknown
+from chatlog.errors import LogFull, LogUnavailable, StreamLimitUnknown, StreamMissing
 from chatlog.names import (
     SNAPSHOT_STREAM,
     STREAM_NAME,
@@ -142,7 +142,7 @@ class ChatLog:
         async with boundary("stream info", self._conn):
             info = await self._stream_info(STREAM_NAME)
         if info is None:
-            raise LogUnavailable(
+            raise StreamMissing(
                 f"stream {STREAM_NAME} does not exist: create it with "
                 "`chat-cluster ensure-stream` and admin credentials"
             )
@@ -186,20 +186,29 @@ class ChatLog:
                 info = found
         have = info.config.max_bytes or -1
         wanted = want.max_bytes or -1
+        config, changed = info.config, []
         if have != -1 and (wanted == -1 or wanted > have):
             # Only ever raised here: lowering a limit below what is stored is an operator's
             # decision, made by hand.
-            info.config.max_bytes = wanted
-            info = await js.update_stream(info.config)
-            log.warning("raised the byte limit of %s from %d to %d", stream, have, wanted)
+            config.max_bytes = wanted
+            changed.append(f"max_bytes {have} -> {wanted}")
+        if (config.max_msg_size or -1) == -1 and (want.max_msg_size or -1) > 0:
+            config.max_msg_size = want.max_msg_size
+            changed.append(f"max_msg_size -1 -> {want.max_msg_size}")
+        if changed:
+            info = await js.update_stream(config)
+            log.warning("raised the limits of %s: %s", stream, ", ".join(changed))
         return info
 
     async def info(self) -> LogInfo:
-        """Raises LogUnavailable when NATS is down or the stream does not exist."""
+        """The stream now. Raises LogUnavailable when NATS is down, StreamMissing when the
+        stream does not exist, and StreamConflict when it no longer means what it did
+        (someone changed its subjects, transform, retention, schema...)."""
         async with boundary("stream info", self._conn):
             info = await self._stream_info(STREAM_NAME)
         if info is None:
-            raise LogUnavailable(f"stream {STREAM_NAME} does not exist")
+            raise StreamMissing(f"stream {STREAM_NAME} does not exist")
+        check_log(info.config, strict=False)
         return self._info(info)
 
     def _info(self, info: api.StreamInfo) -> LogInfo:

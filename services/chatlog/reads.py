@@ -11,8 +11,6 @@ from chatlog.errors import LogRejected, LogUnavailable
 from chatlog.names import STREAM_NAME
 from chatlog.records import LogEntry
 
-_MSG_GET = f"$JS.API.STREAM.MSG.GET.{STREAM_NAME}"
-
 
 async def direct_batch(
     conn: Connection, stream: str, request: dict[str, object]
@@ -26,7 +24,7 @@ async def direct_batch(
         sub = await nc.subscribe(inbox, pending_msgs_limit=0, pending_bytes_limit=0)
         try:
             await nc.publish(
-                f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
+                f"{conn.api}.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
             )
             entries: list[LogEntry] = []
             while True:
@@ -54,7 +52,9 @@ async def leader_get(conn: Connection, request: dict[str, object]) -> LogEntry |
     confirms that a short page really is the end."""
     async with boundary("msg get", conn):
         msg = await conn.nc.request(
-            _MSG_GET, json.dumps(request).encode(), timeout=conn.api_timeout
+            f"{conn.api}.STREAM.MSG.GET.{STREAM_NAME}",
+            json.dumps(request).encode(),
+            timeout=conn.api_timeout,
         )
     answer = json.loads(msg.data)
     error = answer.get("error")

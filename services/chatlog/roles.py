@@ -1,13 +1,27 @@
-"""Who may do what in NATS: the four roles, and the exact subjects each may use.
+"""Who may do what in NATS: the four roles, the accounts they live in, and the exact
+subjects each may use.
 
 The log's layout is this package's business, so the NATS permissions that guard it
 are defined here too; ``chat-cluster up`` and the tests render them into the
 nats-server configuration, and the Helm chart's copy is checked against them.
 
-Nothing but ``admin`` may delete, purge or change a stream; nothing but ``node``
-may publish a message with a user in it (``chat.<channel>.node``) or a snapshot.
-Replies come back on a per-role inbox prefix, so no role can read another's
-replies (the chat history a node's consumer delivers, say).
+Two lines of defence:
+
+- **Accounts.** The streams live in the account ``CHAT``, where only ``node`` and
+  ``admin`` connect. ``publisher`` and ``archiver`` live in accounts of their own
+  (``PUBLISH``, ``READ``) that import exactly the subjects they need from ``CHAT``
+  as services. NATS lets a client choose the reply subject of what it sends, and
+  inside an account JetStream both stores and *executes* whatever reaches its
+  subjects, answers included: a read answered onto ``$JS.API.STREAM.DELETE.CHAT``
+  deletes the stream. Through a service import every answer is routed back into
+  the asker's own account, where it can do nothing.
+- **Permissions** within each account: nothing but ``admin`` may call the
+  JetStream API that deletes, purges or changes a stream; nothing but ``node`` may
+  publish a message with a user in it (``chat.<channel>.node``) or a snapshot.
+  Replies come back on a per-role inbox prefix, so no role can read another's.
+
+``node`` shares its account with the streams, so its answers can reach the
+JetStream API too: node credentials are trusted with the log (docs/security.md).
 """
 
 from dataclasses import dataclass
@@ -20,7 +34,14 @@ PUBLISHER = "publisher"
 ADMIN = "admin"
 ROLES = (NODE, ARCHIVER, PUBLISHER, ADMIN)
 
+LOG_ACCOUNT = "CHAT"
+"""Where the streams live."""
+ACCOUNTS = {NODE: LOG_ACCOUNT, ADMIN: LOG_ACCOUNT, PUBLISHER: "PUBLISH", ARCHIVER: "READ"}
+
 _API = "$JS.API"
+READ_API = "CHATLOG.API"
+"""The archiver's name for the log's JetStream API (imported from ``CHAT``): its own
+account's ``$JS.API`` answers only "JetStream not enabled"."""
 
 
 @dataclass(frozen=True)
@@ -29,22 +50,50 @@ class Permissions:
     subscribe: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Import:
+    """A service the role's account imports from ``CHAT``: ``subject`` there, ``to`` here."""
+
+    subject: str
+    to: str
+    stream_response: bool = False
+    """The answer is several messages (a batched Direct Get)."""
+
+
 def inbox_prefix(role: str) -> str:
     """Where a role's clients receive replies and deliveries."""
     return "_INBOX" if role == ADMIN else f"_INBOX_{role}"
 
 
-def _read(stream: str) -> tuple[str, ...]:
+def api_prefix(role: str) -> str:
+    """The JetStream API prefix the role's clients use."""
+    return READ_API if role == ARCHIVER else _API
+
+
+def _read(stream: str, api: str = _API) -> tuple[str, ...]:
     return (
-        f"{_API}.STREAM.INFO.{stream}",
-        f"{_API}.DIRECT.GET.{stream}",
-        f"{_API}.DIRECT.GET.{stream}.>",
-        f"{_API}.STREAM.MSG.GET.{stream}",
+        f"{api}.STREAM.INFO.{stream}",
+        f"{api}.DIRECT.GET.{stream}",
+        f"{api}.DIRECT.GET.{stream}.>",
+        f"{api}.STREAM.MSG.GET.{stream}",
     )
 
 
+def imports(role: str) -> tuple[Import, ...]:
+    """What the role's account imports from ``CHAT`` (none for roles that live there)."""
+    if role == ARCHIVER:
+        return tuple(
+            Import(subject, subject.replace(_API, READ_API, 1), ".DIRECT.GET." in subject)
+            for subject in _read(STREAM_NAME)
+        )
+    if role == PUBLISHER:
+        # `nats pub chat.<channel> ...`: stored as chat.<channel>.raw by the stream.
+        return (Import("chat.*", "chat.*"),)
+    return ()
+
+
 def permissions(role: str) -> Permissions | None:
-    """The role's permissions; None means everything (admin)."""
+    """The role's permissions in its own account; None means everything (admin)."""
     if role == NODE:
         return Permissions(
             publish=(
@@ -62,12 +111,11 @@ def permissions(role: str) -> Permissions | None:
         )
     if role == ARCHIVER:
         return Permissions(
-            publish=_read(STREAM_NAME),
+            publish=tuple(i.to for i in imports(ARCHIVER)),
             subscribe=(f"{inbox_prefix(ARCHIVER)}.>",),
         )
     if role == PUBLISHER:
-        # `nats pub chat.<channel> ...`: stored as chat.<channel>.raw by the stream.
-        return Permissions(publish=("chat.*",), subscribe=())
+        return Permissions(publish=tuple(i.to for i in imports(PUBLISHER)), subscribe=())
     if role == ADMIN:
         return None
     raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")

@@ -107,7 +107,10 @@ class SnapshotStore:
                 break
             for entry in entries:
                 if entry.subject != f"{prefix}{index}":
-                    raise SnapshotRejected(f"snapshot chunk {entry.subject} out of order")
+                    raise SnapshotRejected(
+                        f"snapshot chunk {entry.subject} where {prefix}{index} was expected: "
+                        "chunks missing, replaced or out of order"
+                    )
                 sha.update(entry.data)
                 size += len(entry.data)
                 # zlib releases the GIL: inflating in a thread keeps the node serving.
@@ -116,8 +119,9 @@ class SnapshotStore:
                 cursor = entry.seq + 1
         if index != manifest.chunks or size != manifest.size:
             raise SnapshotRejected(
-                f"snapshot of seq {manifest.meta.seq} has {index} of {manifest.chunks} chunks "
-                "(evicted by a newer one, or cut short)"
+                f"snapshot of seq {manifest.meta.seq}: {index} of {manifest.chunks} chunks "
+                f"({size} of {manifest.size} bytes) found; evicted by newer ones, cut short, "
+                "or replaced"
             )
         if sha.hexdigest() != manifest.sha256:
             raise SnapshotRejected(f"snapshot of seq {manifest.meta.seq}: chunks were altered")

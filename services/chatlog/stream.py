@@ -125,6 +125,9 @@ class StreamSpec:
             max_bytes=max_bytes,
             max_age=0,
             max_msgs_per_subject=-1,
+            # The largest payload a node sends (every character JSON-escaped, and the
+            # other fields), so no single message can take a large bite of the log.
+            max_msg_size=8 * self.max_text + 4096,
             discard=api.DiscardPolicy.NEW,
             duplicate_window=self.duplicate_window,
             allow_direct=True,

@@ -138,11 +138,17 @@ class Tail:
         return entries
 
     def _data(self, msg: Msg, headers: dict[str, str] | None, out: list[LogEntry]) -> str | None:
-        tokens = msg.reply.split(".")
+        tokens = (msg.reply or "").split(".")
         # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending> (9 tokens), or
         # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>.<r>
         base = 2 if len(tokens) == 9 else 4
-        sseq, cseq, stored_ns = (int(tokens[base + i]) for i in (3, 4, 5))
+        try:
+            if tokens[0] != "$JS" or tokens[1] != "ACK":
+                raise ValueError(tokens[:2])
+            sseq, cseq, stored_ns = (int(tokens[base + i]) for i in (3, 4, 5))
+        except (ValueError, IndexError):
+            # Not a delivery of our consumer: anyone who learnt our inbox could send one.
+            return f"not a delivery of this consumer (reply {msg.reply!r:.80})"
         if cseq != self._cseq + 1:
             return f"consumer sequence gap: expected {self._cseq + 1}, got {cseq} (stream {sseq})"
         self._cseq = cseq

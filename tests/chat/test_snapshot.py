@@ -84,7 +84,7 @@ async def test_snapshot_then_tail_equals_full_replay(nats: NatsServer, chatlog: 
             assert fresh.replica.applied == full.replica.applied == last
             assert await state_of(fresh.replica) == await state_of(full.replica)
             # and the same digest: loaded state plus the tail is what a replay computes
-            assert fresh.replica.digest.hexdigest() == full.replica.digest.hexdigest()
+            assert fresh.replica.digest.hexdigest(8192) == full.replica.digest.hexdigest(8192)
             assert sum(fresh.replica.skipped.values()) > 0  # poison was part of it
 
             # live messages keep both equal

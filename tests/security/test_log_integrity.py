@@ -29,7 +29,7 @@ from chat.snapshot import ReplicaState
 from chat_cluster.natsserver import NatsServer
 from chatlog import ChatLog, StreamSpec
 from chatlog.names import SNAPSHOT_MANIFEST, SNAPSHOT_STREAM, STREAM_NAME
-from chatlog.roles import ADMIN, ARCHIVER, NODE, PUBLISHER, inbox_prefix
+from chatlog.roles import ADMIN, ARCHIVER, NODE, PUBLISHER, READ_API, inbox_prefix
 from tests.support import (
     PYTHON,
     NodeProcs,
@@ -272,11 +272,13 @@ async def make_streams_by_hand(nats: NatsServer) -> None:
         await js.add_stream(StreamSpec().snapshot_config(1_000_000))
 
 
-def verify(procs_nodes: list[str], nats: NatsServer) -> subprocess.CompletedProcess[str]:
+def verify(
+    procs_nodes: list[str], nats: NatsServer, *extra: str
+) -> subprocess.CompletedProcess[str]:
     assert nats.creds is not None
     env = {**os.environ, **nats.creds.env(ARCHIVER), "NATS_URL": nats.config.url}
     return subprocess.run(
-        [PYTHON, "-m", "chat_cluster", "verify", "--nodes", ",".join(procs_nodes)],
+        [PYTHON, "-m", "chat_cluster", "verify", "--nodes", ",".join(procs_nodes), *extra],
         capture_output=True,
         text=True,
         timeout=60,
@@ -425,3 +427,148 @@ def value_of(metrics: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+REFLECT_TO = [
+    f"$JS.API.STREAM.DELETE.{STREAM_NAME}",
+    f"$JS.API.STREAM.DELETE.{SNAPSHOT_STREAM}",
+    f"$JS.API.STREAM.UPDATE.{STREAM_NAME}",
+    f"$JS.API.STREAM.PURGE.{STREAM_NAME}",
+    f"$JS.API.STREAM.CREATE.{STREAM_NAME}",
+    "chat.room.node",
+    SNAPSHOT_MANIFEST,
+]
+
+
+async def test_answers_cannot_be_turned_into_commands_or_messages(
+    nats: NatsServer, chatlog: ChatLog, admin: ChatLog
+) -> None:
+    """NATS lets a client pick the reply subject of what it sends, and inside the log's
+    account JetStream would store, or execute, an answer sent to one of its subjects
+    (a stream's config stored as a raw message, read back with its answer addressed to
+    $JS.API.STREAM.UPDATE, would rewrite the stream). The archiver and the publisher live
+    in accounts of their own: their answers come back there, where they do nothing."""
+    await chatlog.publish("room", said("genuine"), "g1")
+    config = (await admin.info(), await state(admin))
+    async with raw(nats, PUBLISHER) as (pub, _):
+        # A stream configuration, stored as a raw message: seq 2.
+        body = json.dumps({"name": STREAM_NAME, "subjects": ["chat.>"], "max_age": 2_000_000_000})
+        await pub.publish("chat.room", body.encode())
+        for reply in REFLECT_TO:  # the PubAck of each raw publish is addressed there
+            await pub.publish("chat.room", b"reflected", reply=reply)
+        await pub.flush()
+    async with raw(nats, ARCHIVER) as (arc, _):
+        for seq in (1, 2, 999_999):  # a record, the stored config, nothing (empty answer)
+            for reply in REFLECT_TO:
+                await arc.publish(
+                    f"{READ_API}.DIRECT.GET.{STREAM_NAME}",
+                    json.dumps({"seq": seq}).encode(),
+                    reply=reply,
+                )
+        await arc.flush()
+    expected = 2 + len(REFLECT_TO)  # the genuine one, the config, the reflected raw ones
+    for _ in range(100):  # every raw publish stored (or the stream gone: info raises)
+        if (await admin.info()).messages >= expected:
+            break
+        await asyncio.sleep(0.05)
+    async with raw(nats, ARCHIVER) as (arc, _):  # a last round trip through READ
+        await arc.request(f"{READ_API}.STREAM.INFO.{STREAM_NAME}", b"", timeout=2)
+    after = await state(admin)
+    info = await admin.info()
+    assert info.epoch == config[0].epoch  # not deleted and recreated
+    assert info.messages == expected and after[2:] == config[1][2:]
+    stored = [await admin.entry_at(seq) for seq in range(1, expected + 1)]
+    subjects = {entry.subject for entry in stored if entry is not None}
+    assert subjects == {"chat.room.node", "chat.room.raw"}
+    assert [e.seq for e in stored if e and e.subject == "chat.room.node"] == [1]  # only ours
+
+
+async def test_a_log_that_lost_its_head_is_rebuilt_once_not_for_ever(
+    bare_nats: NatsServer,
+) -> None:
+    """After a purge the replica holds nothing the log lacks: the audit, which once took
+    any seq below the node's as one it should hold, must find nothing more to repair."""
+    await make_streams_by_hand(bare_nats)
+    writer = await open_log(bare_nats, NODE)
+    settings = node_settings(bare_nats, audit_interval=0.05, diverge_after=0.3, snapshot_every=0)
+    try:
+        with TestClient(create_app(settings)) as node:
+            wait_until(lambda: node.get("/readyz").status_code == 200, what="ready")
+            for i in range(20):
+                await writer.publish("room", said(f"m{i}"), f"m{i}")
+            follower = node.app.state.node.follower
+            wait_until(lambda: node.get("/readyz").json()["applied"] == 20, what="applied")
+            async with raw(bare_nats, ADMIN) as (nc, _):
+                await nc.request(f"$JS.API.STREAM.PURGE.{STREAM_NAME}", b"", timeout=2)
+            wait_until(lambda: node.get("/messages?channel=room").json()["messages"] == [])
+            wait_until(lambda: node.get("/readyz").status_code == 200, what="ready again")
+            audits = follower.integrity.audits
+            wait_until(lambda: follower.integrity.audits > audits + 20, what="20 more audits")
+            await writer.publish("room", said("after"), "after")
+            wait_until(lambda: len(node.get("/messages?channel=room").json()["messages"]) == 1)
+            wait_until(lambda: follower.integrity.audits > audits + 40, what="20 more")
+            assert node.app.state.node.replica.rebuilds == {"diverged": 1}
+    finally:
+        await writer.close()
+
+
+async def test_a_deleted_log_makes_nodes_unready_until_there_is_one_again(
+    admin: ChatLog, chatlog: ChatLog, procs: NodeProcs
+) -> None:
+    node = procs.node("a")
+    await chatlog.publish("room", said("first log"), "f")
+    wait_until(lambda: get_json(node.url + "/readyz")["applied"] == 1, what="applied")
+    await admin.delete_stream()
+    wait_until(lambda: http("GET", node.url + "/readyz")[0] == 503, what="not ready")
+    await admin.ensure_stream(StreamSpec())
+    wait_until(lambda: http("GET", node.url + "/readyz")[0] == 200, what="ready again")
+    assert all_messages(node.url, "room") == []  # the new log: empty
+
+
+async def test_a_changed_text_limit_is_applied_by_every_node_alike(
+    admin: ChatLog, chatlog: ChatLog, procs: NodeProcs, nats: NatsServer
+) -> None:
+    """The text limit is part of the rule every replica applies: when an operator changes
+    it in the stream's metadata, every node rebuilds by the new one; verify agrees."""
+    a = procs.node("a", "--diverge-after", "1")
+    await chatlog.publish("room", said("short"), "s")
+    await chatlog.publish("room", said("a text longer than twenty bytes"), "l")
+    wait_until(lambda: len(all_messages(a.url, "room")) == 2, what="both")
+    async with raw(nats, ADMIN) as (nc, _):
+        js = nc.jetstream()
+        config = (await js.stream_info(STREAM_NAME)).config
+        config.metadata = {**(config.metadata or {}), "chat_cluster.max_text": "20"}
+        await js.update_stream(config)
+    wait_until(
+        lambda: [m["text"] for m in all_messages(a.url, "room")] == ["short"],
+        what="a rebuilt by the new limit",
+    )
+    b = procs.node("b")
+    assert [m["text"] for m in all_messages(b.url, "room")] == ["short"]
+    assert verify([a.url, b.url], nats).returncode == 0
+
+
+async def test_verify_records_finds_what_a_signed_but_altered_snapshot_serves(
+    chatlog: ChatLog, procs: NodeProcs, nats: NatsServer
+) -> None:
+    """A compromised node (out of scope for prevention) can sign an altered snapshot; the
+    digest, which covers the log's entries, cannot see it; --records can."""
+    for i in range(1100):
+        await chatlog.publish("room", said(f"true {i}"), f"t{i}")
+    saver = procs.node("saver", "--snapshot-every", "1000")
+    wait_until(lambda: get_json(saver.url + "/readyz")["applied"] == 1100, what="applied")
+    for _ in range(300):
+        if await chatlog.snapshot_meta() is not None:
+            break
+        await asyncio.sleep(0.1)
+    loaded = await chatlog.load_snapshot()
+    assert loaded is not None
+    meta, body = loaded
+    forged = body.replace(b'"text":"true 7"', b'"text":"FAKE 7"')
+    assert forged != body
+    assert await chatlog.save_snapshot(meta, forged)  # with the node role's own key
+    fresh = procs.node("fresh")
+    assert get_json(fresh.url + "/readyz")["snapshot_seq"] == meta.seq
+    assert verify([fresh.url], nats).returncode == 0  # the digest cannot tell
+    out = verify([fresh.url], nats, "--records")
+    assert out.returncode == 1 and f"{fresh.url}: DIFFERS at seq 8 (records)" in out.stdout
