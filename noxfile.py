@@ -101,6 +101,7 @@ def chart(session: nox.Session) -> None:
     (tests/deploy), a rolling update of real processes started as the chart starts them,
     and shellcheck on the k3d scripts. No cluster needed."""
     install(session, "dev.lock")
+    build_natscli(session)  # the chart's `nats pub` snippet runs with the real CLI
     helm = str(build_helm(session))
     chart_dir = "deploy/helm/chat-cluster"
     for values in (

@@ -30,9 +30,39 @@ helm upgrade --install "${RELEASE}" "${ROOT}/deploy/helm/chat-cluster" \
   --namespace "${NAMESPACE}" -f "${HERE}/images.values.yaml" --wait --timeout 10m
 kubectl -n "${NAMESPACE}" rollout status "deployment/${RELEASE}-chat" --timeout 5m
 
-step "publish on chat.default-channel with nats pub"
-kubectl -n "${NAMESPACE}" exec "deploy/${RELEASE}-chat" -- \
-  nats pub -s "nats://${RELEASE}-nats:4222" chat.default-channel "${TEXT}"
+# The Secret with the NATS passwords: the chart's own, or nats.auth.existingSecret.
+SECRET="$(kubectl -n "${NAMESPACE}" get "deployment/${RELEASE}-chat" -o \
+  jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="NATS_PASSWORD")].valueFrom.secretKeyRef.name}')"
+[[ -n "${SECRET}" ]] || fail "the chat Deployment names no Secret for NATS_PASSWORD"
+
+# Run the nats CLI in a chat pod as the publisher user. The password travels on stdin,
+# never on a command line; the pod's NATS_URL (and, with nats.tls, its CA and client
+# certificate) tell the CLI where and how to connect. NATS_USER/NATS_PASSWORD are the
+# node's in that pod: overridden here, the node role may not publish on chat.<channel>.
+# shellcheck disable=SC2016  # expanded by the pod's shell, not this one
+AS_PUBLISHER='IFS= read -r NATS_PASSWORD; export NATS_PASSWORD NATS_USER=publisher
+if [ -n "${NATS_TLS_CA:-}" ]; then export NATS_CA="$NATS_TLS_CA"; fi
+if [ -n "${NATS_TLS_CERT:-}" ]; then export NATS_CERT="$NATS_TLS_CERT" NATS_KEY="$NATS_TLS_KEY"; fi
+exec nats "$@"'
+nats_as_publisher() {
+  { kubectl -n "${NAMESPACE}" get secret "${SECRET}" -o jsonpath='{.data.publisher}' | base64 -d
+    echo; } | kubectl -n "${NAMESPACE}" exec -i "deploy/${RELEASE}-chat" -- sh -c "${AS_PUBLISHER}" nats "$@"
+}
+
+step "no anonymous NATS: nats pub without credentials is refused"
+if kubectl -n "${NAMESPACE}" exec "deploy/${RELEASE}-chat" -- \
+  env -u NATS_USER -u NATS_PASSWORD nats pub chat.default-channel "anonymous ${TEXT}"; then
+  fail "NATS accepted a publish without credentials"
+fi
+
+step "publish on chat.default-channel with nats pub, as the publisher user"
+nats_as_publisher pub chat.default-channel "${TEXT}" || fail "nats pub as publisher"
+
+step "the NATS monitoring port is on no Service"
+if kubectl -n "${NAMESPACE}" get services -l "app.kubernetes.io/instance=${RELEASE}" \
+  -o jsonpath='{..ports[*].port}' | tr ' ' '\n' | grep -qx 8222; then
+  fail "a Service exposes port 8222"
+fi
 
 step "read it through /chat/messages and /archiver/messages/default-channel"
 retry 30 has_text "${BASE}/chat/messages" || fail "/chat/messages does not show the message"

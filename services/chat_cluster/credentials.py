@@ -29,7 +29,8 @@ def _write_private(path: Path, data: bytes) -> None:
 @dataclass(frozen=True)
 class NatsUser:
     """One user of the server's authorization: by public nkey, or by name and password
-    (a bcrypt hash, as the Helm chart writes it)."""
+    (the Helm chart's users: their passwords reach nats-server from a Secret through
+    its environment)."""
 
     role: str
     nkey: str | None = None

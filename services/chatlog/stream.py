@@ -43,6 +43,8 @@ SCHEMA_KEY = "chat_cluster.schema"
 SCHEMA_VERSION = "2"
 """2: node and raw subjects (chat.C.node, chat.C.raw), append-only, a byte limit."""
 DEFAULT_MAX_TEXT = 8192
+MAX_PAYLOAD = 1024 * 1024
+"""nats-server's max_payload as our configurations set it: no message is larger."""
 
 LOG_SHARE = 0.80
 SNAPSHOT_SHARE = 0.15
@@ -127,7 +129,7 @@ class StreamSpec:
             max_msgs_per_subject=-1,
             # The largest payload a node sends (every character JSON-escaped, and the
             # other fields), so no single message can take a large bite of the log.
-            max_msg_size=8 * self.max_text + 4096,
+            max_msg_size=min(8 * self.max_text + 4096, MAX_PAYLOAD),
             discard=api.DiscardPolicy.NEW,
             duplicate_window=self.duplicate_window,
             allow_direct=True,

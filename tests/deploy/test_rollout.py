@@ -1,59 +1,90 @@
 """A rolling update done the way the chart does it, with real processes: each chat node runs
 the chart's command with the chart's environment (only NATS_URL, HOST, PORT and NODE_ID are
-local), against a 3-server NATS cluster and an R3 stream as in the chart. Like the
-Deployment's RollingUpdate (maxSurge 1, maxUnavailable 0), a new node must pass /readyz
-before an old one gets SIGTERM. Under load, nothing acknowledged is lost, and a WebSocket
-client that resumes on another node with ``after`` sees every message once, in order."""
+local), against a 3-server NATS cluster and an R3 stream as in the chart. The servers admit
+exactly the chart's users, with the passwords of the chart's Secret; the streams are made
+by the chart's ensure-stream Job (its command and env, so as admin) and the archiver runs
+as the chart runs it. Like the Deployment's RollingUpdate (maxSurge 1, maxUnavailable 0),
+a new node must pass /readyz before an old one gets SIGTERM. Under load (REST, WebSocket,
+and raw publishes with the chart's publisher password), nothing acknowledged is lost, and
+a WebSocket client that resumes on another node with ``after`` sees every message once,
+in order."""
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import json
-import os
-import shutil
-import subprocess
-import sys
+import random
 import time
 from pathlib import Path
+from typing import Any
 
+import nats
+import nats.errors
 import pytest
 import websockets
 
 from chat_cluster.credentials import Credentials
 from chat_cluster.local import Service
-from chat_cluster.processes import free_port
-from tests.deploy.chart import RELEASE, container, env_of, one, render
+from chat_cluster.natsserver import Auth, NatsServer
+from chatlog.roles import ARCHIVER, NODE, PUBLISHER, ROLES, inbox_prefix
+from tests.deploy.chart import (
+    RELEASE,
+    ChartNode,
+    ChartProcess,
+    container,
+    env_of,
+    nats_pod,
+    one,
+    render,
+    secrets_of,
+)
 from tests.faults.checker import check
-from tests.faults.harness import Cluster
-from tests.faults.load import CHANNELS, Load
-from tests.support import all_messages, wait_until
+from tests.faults.harness import Cluster, monitor
+from tests.faults.load import CHANNELS, Attempt, Load
+from tests.support import STORE, all_messages, wait_until
 
 pytestmark = pytest.mark.chart
 
 
-class ChartNode(Service):
-    """A chat node started with the chart's command and environment."""
+def authorized(servers: list[NatsServer]) -> dict[str, set[str]]:
+    """Connection name -> the users it authenticated as, from every server's /connz."""
+    found: dict[str, set[str]] = {}
+    for server in servers:
+        for conn in monitor(server, "/connz?auth=true&limit=1024").get("connections") or []:
+            found.setdefault(conn.get("name") or "", set()).add(conn.get("authorized_user", ""))
+    return found
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], workdir: Path) -> None:
-        port = free_port()
-        super().__init__(name, [], port, workdir / f"{name}.log")
-        self.command = command
-        # Loopback only: tests never listen beyond this machine (the chart binds 0.0.0.0).
-        self.env = {**env, "HOST": "127.0.0.1", "PORT": str(port), "NODE_ID": name}
 
-    def start(self) -> None:
-        # The console script of the environment running the tests, as the image's PATH has it.
-        beside = Path(sys.executable).with_name(self.command[0])
-        program = str(beside) if beside.exists() else shutil.which(self.command[0])
-        assert program, f"{self.command[0]} is not installed (pip install -e .)"
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [program, *self.command[1:]],
-            env={**os.environ, **self.env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+async def publish_raw(
+    load: Load, urls: str, password: str, count: int, stop: asyncio.Event
+) -> None:
+    """`nats pub chat.<channel> ...` as the chart's publisher user would: core NATS, no
+    ack; every publish is recorded as a raw attempt for the checker."""
+    nc = await nats.connect(
+        urls.split(","),
+        user=PUBLISHER,
+        password=password,
+        inbox_prefix=inbox_prefix(PUBLISHER),
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+        connect_timeout=2,
+    )
+    try:
+        for k in itertools.count():
+            if k >= count or stop.is_set():
+                return
+            attempt = Attempt(f"raw-chart-{k}", random.choice(CHANNELS), "raw", tries=1)
+            load.attempts[attempt.id] = attempt
+            payload = {"text": f"text of {attempt.id}", "id": attempt.id}
+            try:
+                await nc.publish(f"chat.{attempt.channel}", json.dumps(payload).encode())
+            except nats.errors.Error as exc:
+                attempt.errors.append(repr(exc)[:80])
+            await asyncio.sleep(0.05)
+    finally:
+        with contextlib.suppress(OSError, nats.errors.Error):
+            await nc.close()
 
 
 class Resumer:
@@ -92,16 +123,54 @@ class Resumer:
 async def test_rolling_update_as_the_chart_does_it(
     nats_bin: Path, tmp_path: Path, creds: Credentials
 ) -> None:
-    chat = container(one(render(), "Deployment", f"{RELEASE}-chat"))
-    env = env_of(chat)
+    manifests = render()
+    secrets = secrets_of(manifests)
+    chat = container(one(manifests, "Deployment", f"{RELEASE}-chat"))
+    env = env_of(chat, secrets)
+    archiver_box = container(one(manifests, "Deployment", f"{RELEASE}-archiver"))
+    job_box = container(one(manifests, "Job", f"{RELEASE}-ensure-stream"))
+    job_env = env_of(job_box, secrets)
+    passwords = secrets[_credentials_secret(chat)]
+
+    # The chart's users as its servers admit them (auth.conf read with the pod's env):
+    # the test cluster admits exactly those, and no one else. Its servers are smaller
+    # than the chart's, so the account gets their storage by the chart's rule.
+    pod = nats_pod(manifests, secrets, tmp_path / "chart-nats")
+    users = pod.users()
+    assert sorted(u.name or "" for u in users) == sorted(ROLES)
+    assert all(u.password == passwords[u.role] for u in users)
+    replicas = int(job_env["STREAM_REPLICAS"])
+    assert replicas == 3
+    auth = Auth(tuple(users), STORE * replicas, passwords["route"])
+    # The harness's nkeys (creds) stay unused: its servers get the chart's users instead.
     cluster = Cluster(nats_bin, tmp_path, creds, servers=3)
+    for server in cluster.servers:
+        server.config = dataclasses.replace(server.config, auth=auth)
+
     nodes: list[ChartNode] = []
+    archiver: ChartProcess | None = None
     resumer = Resumer(CHANNELS[0])
     reader: asyncio.Task[None] | None = None
+    raw: asyncio.Task[None] | None = None
     try:
-        cluster.start_nats()
-        env["NATS_URL"] = cluster.nats_urls
-        assert env["STREAM_REPLICAS"] == "3"
+        for server in cluster.servers:
+            server.start()
+        for server in cluster.servers:
+            await asyncio.to_thread(server.wait_ready, 30)
+        local = {"NATS_URL": cluster.nats_urls}
+
+        # The chart's post-install Job, as admin: creates both streams, then exits 0.
+        job = ChartProcess("ensure-stream", job_box["command"], {**job_env, **local}, tmp_path)
+        job.start()
+        assert job.proc is not None
+        try:
+            code = await asyncio.to_thread(job.proc.wait, 120)
+        finally:
+            job.stop(1)
+        assert code == 0, job.log_text()
+
+        env.update(local)
+        assert env["NATS_USER"] == NODE and env["NATS_PASSWORD"] == passwords[NODE]
 
         def start(name: str) -> ChartNode:
             node = ChartNode(name, chat["command"], env, tmp_path)
@@ -112,21 +181,32 @@ async def test_rolling_update_as_the_chart_does_it(
 
         for i in range(3):
             await asyncio.to_thread(start, f"{RELEASE}-chat-old-{i}")
-        await asyncio.to_thread(cluster.start_archiver)
+        archiver = ChartProcess(
+            "archiver",
+            archiver_box["command"],
+            {**env_of(archiver_box, secrets), **local},
+            tmp_path,
+        )
+        archiver.start()
+        await asyncio.to_thread(wait_until, archiver.ready, 60, "archiver ready")
+
+        # Each service is who the chart says it is, to NATS.
+        seen = await asyncio.to_thread(authorized, cluster.servers)
+        for node in nodes:
+            assert seen.get(f"chat-node {node.name}") == {NODE}, seen
+        assert seen.get("archiver") == {ARCHIVER}, seen
 
         def serving() -> list[str]:
             return [n.url for n in nodes if n.proc is not None and n.proc.poll() is None]
 
-        # Bounded by count and time; stopped once the rollout is over.
-        load = Load(
-            serving,
-            cluster.nats_urls,
-            cluster.raw_creds(),
-            per_worker=5000,
-            interval=0.02,
-            deadline=90,
+        # Bounded by count and time; stopped once the rollout is over. The raw sender is
+        # ours (the chart's publisher password), not the harness's (an nkey).
+        load = Load(serving, cluster.nats_urls, "", per_worker=5000, interval=0.02, deadline=90)
+        load.start(raw=0)
+        stop_raw = asyncio.Event()
+        raw = asyncio.create_task(
+            publish_raw(load, cluster.nats_urls, passwords[PUBLISHER], 400, stop_raw)
         )
-        load.start()
         reader = asyncio.create_task(resumer.run(nodes))
 
         def acked() -> int:
@@ -144,16 +224,22 @@ async def test_rolling_update_as_the_chart_does_it(
         target = acked() + 40
         await asyncio.to_thread(wait_until, lambda: acked() >= target)
         await load.stop()
+        stop_raw.set()
+        await raw
         assert during > 0  # the rollout really happened under load
 
         last = max(a.seq for a in load.attempts.values() if a.seq is not None)
+        replicas_now: list[Service] = [*nodes]
         report = await asyncio.to_thread(
-            check, "chart_rollout", load.attempts, nodes, cluster.archiver, last, rolled_at
+            check, "chart_rollout", load.attempts, replicas_now, archiver, last, rolled_at
         )
         print(report.summary())
         assert report.ok(), report.examples
         assert report.acknowledged > 0 and report.failed == 0, report.summary()
         assert report.convergence_s is not None, report.summary()
+        # the publisher's raw messages reached the log (and so every replica)
+        held = {m["id"] for channel in CHANNELS for m in all_messages(nodes[0].url, channel)}
+        assert report.raw > 0 and any(a.startswith("raw-chart-") for a in held)
 
         # the resuming client: every message of its channel once, in order, no gap
         expected = [m["seq"] for m in all_messages(nodes[0].url, resumer.channel)]
@@ -169,8 +255,17 @@ async def test_rolling_update_as_the_chart_does_it(
         resumer.stop = True
         for node in nodes:
             node.stop(5)
+        if archiver is not None:
+            archiver.stop(5)
         cluster.close()
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        for task in (reader, raw):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+def _credentials_secret(chat: dict[str, Any]) -> str:
+    ref = next(e for e in chat["env"] if e["name"] == "NATS_PASSWORD")
+    name: str = ref["valueFrom"]["secretKeyRef"]["name"]
+    return name
