@@ -1,45 +1,58 @@
 """Full-disk trial: what nats-server does when its JetStream store's filesystem fills, and
 what a chat node answers during and after. Findings: docs/full-disk.md.
 
-Run as root on Linux (it mounts a tmpfs), from the repository root, with the test
+Run as root on Linux (it mounts tmpfs), from the repository root, with the test
 environment (``python3 -m nox -s tests`` made it)::
 
-    .nox/tests/bin/python bench/fulldisk/run.py --scenario disk    # another process fills it
-    .nox/tests/bin/python bench/fulldisk/run.py --scenario self    # NATS fills it (bad limits)
-    .nox/tests/bin/python bench/fulldisk/run.py --scenario limit   # the stream's own byte limit
-    .nox/tests/bin/python bench/fulldisk/run.py --scenario all     # the three, one after another
+    .nox/tests/bin/python bench/fulldisk/run.py --scenario disk     # ~2 min
+    .nox/tests/bin/python bench/fulldisk/run.py --scenario all      # every one below, ~25 min
 
-Each scenario starts ``chat-cluster up --nodes 1`` in a new directory under /tmp with
-its NATS store (``<data>/nats``) on a tmpfs of its own, and the logs on the ordinary disk
-(so nats-server and the node can still log while the store is full):
+Each scenario starts ``chat-cluster up --nodes 1 [--nats-cluster 3]`` in a new directory
+under /tmp, with each nats-server's store (``<data>/nats`` for one server,
+``<data>/nats/nN`` for three) on a tmpfs of its own and the logs on the ordinary disk
+(so nats-server and the node can still log while the store is full). Then:
 
-- ``disk``: tmpfs 64 MiB, --store-bytes 48 MiB (the log's limit, 80% of that, is never
-  reached). Baseline sends, then a file fills the tmpfs to 100%, sends go on for
+- ``disk``: 1 server, tmpfs 64 MiB, --store-bytes 48 MiB (the log's limit, 80% of that,
+  is never reached). 20 sends, a file fills the tmpfs to 100%, sends go on for
   FULL_SECONDS, the file is deleted, sends go on until one is stored (at most
-  RECOVER_SECONDS); if none is, nats-server alone is restarted (SIGTERM to the pid in
-  cluster.json, then the same binary and config; ``up`` never restarts NATS itself).
-- ``self``: tmpfs 12 MiB, --store-bytes 48 MiB: the log's limit (38 MiB) is larger than
-  the disk, so NATS fills the disk with our messages. "Freeing" grows the tmpfs to 64 MiB
-  (the log is append-only: nothing in it can be deleted), then as ``disk``.
-- ``limit``: tmpfs 64 MiB, --store-bytes 8 MiB: sends until the log's byte limit answers
-  507, then ``chat-cluster ensure-stream --log-max-bytes`` raises it and sends resume.
+  RECOVER_SECONDS). If none is: ``ensure-stream --log-max-bytes`` (the remedy a 507
+  names), then, if still none, nats-server alone is restarted (SIGTERM to its pid in
+  cluster.json, then the same binary and config: ``up`` never restarts NATS itself).
+- ``self``: as ``disk``, but tmpfs 12 MiB: the log's limit (38 MiB) is larger than the
+  disk, so NATS fills the disk with our messages. "Freeing" grows the tmpfs to 64 MiB
+  (the log is append-only: nothing in it can be deleted).
+- ``limit``: 1 server, --store-bytes 8 MiB: sends until the log's byte limit answers 507,
+  then ``ensure-stream --log-max-bytes`` raises it and sends resume (the designed path).
+- ``r3-leader``: 3 servers, an R3 stream; only the stream leader's tmpfs is filled.
+- ``r3-all``: 3 servers; all three tmpfs are filled (identical volumes fill together).
+- ``r3-self``: 3 servers, tmpfs 12 MiB each; NATS fills all three with our messages.
+- ``r3-all-k8s``: as ``r3-all``, but the servers are first restarted while the disks are
+  still full (what the chart's liveness probe, /healthz?js-enabled-only, would do).
+
+  In the R3 scenarios a server whose JetStream is still off after the space came back is
+  restarted even if writes work; before that restart a copy of its store is taken, and if
+  the cluster then lost the stream, a standalone nats-server is tried on the copy.
 
 All along, a prober samples every second: the node's /readyz (status, log_full,
-connected), its /metrics (chat_log_*, chat_nats_*, chat_ready, chat_publish_errors_*,
-chat_consumer_resets_*), reads from the node and the archiver, nats-server's monitor
-(/healthz, /jsz "disabled") and the tmpfs's usage. At the end every acknowledged
-(seq, id) is looked up in the node and in the archiver, and ``chat-cluster verify`` runs.
+connected), its /metrics (chat_log_*, chat_nats_*, chat_ready, chat_publish_errors_*),
+reads from the node and the archiver, each nats-server's monitor (/healthz plain,
+?js-enabled-only and ?js-server-only; /jsz "disabled") and the disks' usage. At the end
+every acknowledged (seq, id) is looked up in the node and in the archiver, and
+``chat-cluster verify`` runs.
 
 It prints, per phase: the sends' status and error codes with latencies, what the prober
-saw change, and the new nats-server and node log lines (grouped, with counts); then the
-loss check. Everything it saw goes to bench/fulldisk/results/<scenario>.json. It always
-ends with ``chat-cluster down``, kills a nats-server it restarted, and unmounts the tmpfs
-(even on failure or Ctrl-C); the data directory under /tmp is kept for its logs.
+saw (each distinct value with its count), the streams' bytes on each server's disk, and
+the new nats-server and node log lines (grouped, with counts); then the loss check.
+Per phase what it saw goes to bench/fulldisk/results/<scenario>.json (every send and
+every sample to <scenario>.raw.json.gz). It always ends with
+``chat-cluster down``, stops any nats-server it started, and unmounts the tmpfs (even on
+failure or Ctrl-C); the directory under /tmp is kept for its logs.
 """
 
 import argparse
 import contextlib
 import errno
+import gzip
 import json
 import os
 import re
@@ -175,6 +188,11 @@ class Trial:
             found = {}
             for stream in sorted(base.glob("*")) if base.is_dir() else []:
                 found[stream.name] = sum(f.stat().st_size for f in stream.rglob("*") if f.is_file())
+            system = self.data / "nats" / name / "jetstream" / "$SYS"
+            if system.is_dir():
+                found["$SYS (raft)"] = sum(
+                    f.stat().st_size for f in system.rglob("*") if f.is_file()
+                )
             out[name] = found
         return out
 
@@ -300,7 +318,7 @@ class Trial:
                 ("healthz_js_server_only", "?js-server-only=true"),
             ):
                 resp = timed(f"{name}_{key}", monitor + "/healthz" + query)
-                if resp is not None:
+                if resp is not None and resp.status_code != 200:
                     sample[f"{name}_{key}"]["body"] = resp.text[:160]
             resp = timed(f"{name}_jsz", monitor + "/jsz")
             if resp is not None and resp.status_code == 200:
@@ -634,9 +652,36 @@ class Trial:
         self.result["check"] = check
         self.report_phase()
 
+    def raise_limit(self) -> None:
+        """What the 507 detail tells an operator: ``ensure-stream --log-max-bytes``."""
+        info = next(iter(self.stream_info().values()))
+        limit = int(info.get("max_bytes") or 0)
+        raised = limit + 256 * 1024
+        self.start_phase("raise", f"ensure-stream --log-max-bytes {raised} (was {limit})")
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "chat_cluster", "ensure-stream", "--timeout", "20",
+                "--nats-url", self.nats_url, "--log-max-bytes", str(raised),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "NATS_CREDS": str(self.data / "creds" / "admin.nk")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+        out = (done.stdout + done.stderr).strip().splitlines()
+        self.phases[-1]["ensure-stream"] = {"rc": done.returncode, "out": out[-3:]}
+        self.say(f"   ensure-stream rc {done.returncode}: {out[-1][:300] if out else ''}")
+        self.report_phase()
+
     def recover_then_restart(self, freed_note: str, size: int) -> None:
         first = self.until_stored("freed", freed_note, RECOVER_SECONDS, size)
         self.result["recovered_without_restart"] = first is not None
+        if first is None and len(self.servers) == 1:
+            # Does the operator's 507 remedy (raise the byte limit) unstick the stream?
+            self.raise_limit()
+            first = self.until_stored("after-raise", "sends after the raise", 15, size)
+            self.result["recovered_by_raising_limit"] = first is not None
         # A server whose JetStream stays off (or unhealthy) after the space came back is
         # restarted even when writes work (an R3 stream then runs on 2 of 3 replicas).
         names = self.full or self.servers
@@ -644,6 +689,8 @@ class Trial:
         self.result["unhealthy_after_freeing"] = unhealthy
         if first is None or unhealthy:
             names = names if first is None else unhealthy
+            if len(self.servers) > 1:
+                self.copy_store(names[0])
             self.start_phase("restart-nats", f"SIGTERM {names}, start again")
             self.restart_nats(names)
             self.report_phase()
@@ -651,6 +698,66 @@ class Trial:
                 "after-restart", "sends after nats-server restarted", RECOVER_SECONDS, size
             )
             time.sleep(3)  # an R3 replica catching up
+
+    def copy_store(self, name: str) -> None:
+        """A copy of that server's store, taken before it restarts (what an operator could
+        do first): ``salvage`` later shows whether the stream in it can still be read."""
+        target = self.work / "salvage" / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(self.data / "nats" / name, target, ignore=shutil.ignore_patterns("filler"))
+        self.say(f"   copied {name}'s store to {target} before restarting")
+
+    def salvage(self) -> None:
+        """A standalone nats-server (no cluster block, other ports) on the copy of a store:
+        does it recover the CHAT stream that the cluster deleted?"""
+        copies = sorted((self.work / "salvage").glob("n*"))
+        if not copies:
+            return
+        copy = copies[0]
+        self.start_phase("salvage", f"standalone nats-server on the copy {copy}")
+        conf = (self.data / "logs" / f"{copy.name}.conf").read_text()
+        conf = re.sub(r"(?ms)^cluster \{.*?^\}\n?", "", conf)
+        port, monitor = self.base_port + 250, self.base_port + 251
+        conf = re.sub(r"(?m)^listen: .*$", f"listen: 127.0.0.1:{port}", conf)
+        conf = re.sub(r"(?m)^http: .*$", f"http: 127.0.0.1:{monitor}", conf)
+        conf = re.sub(r'store_dir: "[^"]*"', f'store_dir: "{copy}"', conf)
+        conf = conf.replace(f"server_name: {copy.name}", "server_name: salvage")
+        # Standalone, the account's storage (3 copies' worth) must fit in the server's.
+        conf = re.sub(r"max_file_store: \d+", f"max_file_store: {1024 * MiB}", conf)
+        path = self.work / "salvage.conf"
+        path.write_text(conf)
+        path.chmod(0o600)
+        with (self.work / "salvage.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [str(resolve_binary()), "-c", str(path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
+            )
+        try:
+            found: dict[str, Any] = {}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not found:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    url = f"http://127.0.0.1:{monitor}/jsz?streams=true"
+                    for account in self.probe_http.get(url).json().get("account_details", []):
+                        for stream in account.get("stream_detail", []):
+                            state = stream["state"]
+                            found[stream["name"]] = {
+                                k: state.get(k) for k in ("messages", "first_seq", "last_seq")
+                            }
+                time.sleep(0.5)
+            self.result["salvage"] = found
+            self.say(f"   standalone server on the copy holds: {found or 'no stream'}")
+        finally:
+            terminate(proc, 15)
+        lines = (self.work / "salvage.log").read_text().splitlines()
+        self.phases[-1]["salvage log"] = [
+            x for x in lines if "WRN" in x or "ERR" in x or "Restored" in x or "stream" in x
+        ][:20]
+        for line in self.phases[-1]["salvage log"][:8]:
+            self.say(f"   salvage log: {line[:300]}")
 
     def run(self) -> None:
         self.setup()
@@ -697,24 +804,11 @@ class Trial:
         else:
             self.fill_by_sending(4096)
             self.keep_sending("full", "10 s more at the byte limit", 10, 4096)
-            limit = int(self.result["stream_when_refused"]["n1"].get("max_bytes") or 0)
-            raised = limit + 256 * 1024
-            self.start_phase("raise", f"ensure-stream --log-max-bytes {raised} (was {limit})")
-            done = subprocess.run(
-                [
-                    sys.executable, "-m", "chat_cluster", "ensure-stream",
-                    "--nats-url", self.nats_url, "--log-max-bytes", str(raised),
-                ],
-                cwd=ROOT,
-                env={**os.environ, "NATS_CREDS": str(self.data / "creds" / "admin.nk")},
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )  # fmt: skip
-            self.say(f"   ensure-stream rc {done.returncode}: {(done.stdout + done.stderr)[-300:]}")
-            self.report_phase()
+            self.raise_limit()
             self.until_stored("raised", "sends after the limit was raised", 30, 4096)
         self.check_nothing_lost()
+        if self.result["check"].get("archiver error"):
+            self.salvage()
 
 
 def main() -> int:
@@ -738,9 +832,13 @@ def main() -> int:
             trial.result["failed"] = repr(exc)
         finally:  # also on Ctrl-C
             trial.cleanup()
-            trial.result.update(phases=trial.phases, sends=trial.sends, samples=trial.samples)
+            trial.result["phases"] = trial.phases
             out = RESULTS / f"{scenario}.json"
             out.write_text(json.dumps(trial.result, indent=1, default=str) + "\n")
+            # Every send and every per-second sample: large, so compressed beside it.
+            raw = {"sends": trial.sends, "samples": trial.samples}
+            with gzip.open(RESULTS / f"{scenario}.raw.json.gz", "wt") as f:
+                json.dump(raw, f, default=str)
             print(f"results: {out}", flush=True)
     return 1 if failed else 0
 

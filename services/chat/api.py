@@ -37,6 +37,7 @@ def _progress(node: Node, status: str) -> Progress:
         digest=replica.digest.hexdigest(replica.max_text),
         append_only=node.log_state.append_only,
         log_full=node.log_state.full,
+        log_stalled=node.log_state.stalled,
         log_usage=round(node.log_state.usage, 4),
     )
 

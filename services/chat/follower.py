@@ -60,10 +60,6 @@ class Follower:
         """The stream's last seq as last seen (bootstrap, then the watchdog every second)."""
         self.snapshot_seq = 0
         """The seq of the snapshot the current epoch started from; 0 for a full replay."""
-        self.stream_ok = False
-        """The stream exists and means what we expect, as last checked: a node whose log
-        was deleted, or changed into something else, serves what it holds but is not
-        ready."""
 
     @property
     def connected(self) -> bool:
@@ -74,7 +70,7 @@ class Follower:
         """Connected, caught up with the stream once, and still following it."""
         return (
             self.alive
-            and self.stream_ok
+            and self._log_state.stream_ok
             and self.connected
             and self._replica.epoch is not None
             and self._replica.applied >= self.target
@@ -100,7 +96,9 @@ class Follower:
                 raise
             except Exception as exc:
                 if isinstance(exc, StreamMissing | StreamConflict):
-                    self.stream_ok = False
+                    # A node whose log was deleted, or changed into something else, serves
+                    # what it holds but is not ready, and refuses sends at once.
+                    self._log_state.stream_ok = False
                 if isinstance(exc, Diverged):
                     # Not a glitch: what we serve is not the log. Start over from the log.
                     log.error("replica differs from the log: %s; rebuilding it", exc.detail)
@@ -134,7 +132,7 @@ class Follower:
         # that replaces everything we hold, and a replica that was found to differ from
         # the log is rebuilt from the log alone (a snapshot may be what differed).
         info = await self._chatlog.check_stream()
-        self.stream_ok = True
+        self._log_state.stream_ok = True
         self._observe(info)
         rebuild, self._rebuild = self._rebuild, None
         if info.epoch != self._replica.epoch or rebuild is not None:

@@ -47,6 +47,8 @@ class NodeMetrics:
               "Bytes stored over the log's byte limit (0 without a limit)")  # fmt: skip
         gauge("chat.log.full", [self._log_full], "1",
               "1 while sends are refused because the log is at its byte limit")  # fmt: skip
+        gauge("chat.log.stalled", [self._log_stalled], "1",
+              "1 while the log answers no sends although NATS is connected")  # fmt: skip
         gauge("chat.log.append_only", [self._append_only], "1",
               "1 when the stream denies deletes and purges")  # fmt: skip
         counter("chat.consumer.resets", [self._resets], "{reset}",
@@ -107,6 +109,9 @@ class NodeMetrics:
 
     def _log_full(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(int(self._node.log_state.full))
+
+    def _log_stalled(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(int(self._node.log_state.stalled))
 
     def _append_only(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(int(self._node.log_state.append_only))

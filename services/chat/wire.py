@@ -38,6 +38,8 @@ class Progress(msgspec.Struct, frozen=True):
     """The log's digest at ``applied`` as this replica computed it (chat-cluster verify)."""
     append_only: bool
     log_full: bool
+    log_stalled: bool
+    """The log has answered none of the last sends although NATS is connected."""
     log_usage: float
     """Bytes stored / the log's byte limit (0 without a limit)."""
 

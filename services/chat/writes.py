@@ -11,9 +11,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from chat.logstate import LogState
 from chat.replica import Replica
 from chat.wire import SendResult
-from chatlog import ChatLog, LogError, LogFull, check_channel, node_subject
+from chatlog import ChatLog, LogError, LogFull, LogUnavailable, check_channel, node_subject
 from chatlog.records import Payload, encode_payload
-from servicekit.errors import bad_request
+from servicekit.errors import ServiceError, bad_request
 from telemetry import current_traceparent
 
 tracer = trace.get_tracer("chat")
@@ -80,6 +80,19 @@ class Writer:
         Nats-Msg-Id, so a client that retries after an error (on any node) within the
         duplicate window gets the first seq back instead of a second copy."""
         self.validate(channel, text)
+        state = self._log_state
+        if not state.stream_ok and state.info is not None:
+            raise ServiceError(
+                503, "stream_missing", "the log does not exist now (deleted, or changed into "
+                "something else); nothing was sent; an operator must restore it",
+            )  # fmt: skip
+        if not state.may_send():
+            self._metrics.errors.add(1, {"kind": "log_stalled"})
+            raise ServiceError(
+                503, "log_stalled", f"the log has stored nothing for "
+                f"{time.monotonic() - (state.stalled_since or 0):.0f}s although NATS answers "
+                "(its storage may be full); nothing was sent; retry later with the same id",
+            )  # fmt: skip
         msg_id = msg_id or uuid.uuid4().hex
         payload = encode_payload(Payload(text=text, id=msg_id, user=user, sent_at=sent_at))
         if not self._tracing:
@@ -110,6 +123,8 @@ class Writer:
             self._metrics.errors.add(1, {"kind": exc.code})
             if isinstance(exc, LogFull):
                 self._log_state.refused_as_full()
+            elif isinstance(exc, LogUnavailable) and self._chatlog.connected:
+                self._log_state.unanswered_send()
             if span is not None:
                 span.set_status(Status(StatusCode.ERROR, exc.detail))
             raise

@@ -347,6 +347,15 @@ class LocalCluster:
 
     def _supervise(self, servers: list[NatsServer], services: list[Service]) -> None:
         while not self._stop:
+            for server in servers:
+                if server.proc is not None and server.proc.poll() is not None:
+                    code = server.proc.returncode
+                    server.stop(1)
+                    server.start()
+                    pid = server.proc.pid if server.proc else "?"
+                    name = server.config.name
+                    print(f"nats-server {name} exited ({code}); restarted as pid {pid}", flush=True)
+                    self._write_state(servers, services)
             for service in services:
                 if service.proc is not None and service.proc.poll() is not None:
                     code = service.proc.returncode

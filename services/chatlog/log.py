@@ -35,7 +35,7 @@ from chatlog.tail import Tail
 
 log = logging.getLogger("chatlog")
 
-_MAX_BYTES_EXCEEDED = 10077
+_STORE_FAILED = 10077
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ class ChatLog:
         self._name = name
         self._role = role
         self._conn: Connection | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        """Old connections, closed once what was in flight on them is over."""
         self._reconnects = 0
         self._signing_key = settings.signing_key()
         self.warned: list[str] = []
@@ -100,13 +102,23 @@ class ChatLog:
             self._conn = await Connection.open(self.settings, self._name, self._role)
 
     async def reconnect(self) -> None:
-        """A new connection (to a server picked at random), then the old one is closed.
-        Tails of the old connection end with TailBroken."""
+        """A new connection (to a server picked at random) for every new call; the old one
+        is closed once the calls in flight on it have had their time (a send waiting for
+        its PubAck must not fail because the follower changed servers). Tails of the old
+        connection end with TailBroken."""
         fresh = await Connection.open(self.settings, self._name, self._role)
         old, self._conn = self._conn, fresh
         self._reconnects += 1
         if old is not None:
-            await old.close()
+            task = asyncio.create_task(self._retire(old))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, conn: Connection) -> None:
+        try:
+            await asyncio.sleep(self.settings.publish_timeout)
+        finally:
+            await conn.close()
 
     @property
     def connected(self) -> bool:
@@ -120,6 +132,10 @@ class ChatLog:
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
+        retiring, self._retiring = self._retiring, set()
+        for task in retiring:
+            task.cancel()  # closes its connection now
+        await asyncio.gather(*retiring, return_exceptions=True)
         if conn is not None:
             await conn.close()
 
@@ -263,7 +279,9 @@ class ChatLog:
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 0.5)
                 except nats.js.errors.APIError as exc:
-                    if exc.err_code == _MAX_BYTES_EXCEEDED:
+                    # 10077 is JetStream's generic "store failed"; only its byte limit
+                    # means the log is full (nothing else can fail for a node's message).
+                    if exc.err_code == _STORE_FAILED and "maximum bytes" in str(exc.description):
                         raise LogFull(
                             "the log is full (its byte limit is reached): nothing was stored; "
                             "an operator raises the limit with `chat-cluster ensure-stream "

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -572,3 +573,37 @@ async def test_verify_records_finds_what_a_signed_but_altered_snapshot_serves(
     assert verify([fresh.url], nats).returncode == 0  # the digest cannot tell
     out = verify([fresh.url], nats, "--records")
     assert out.returncode == 1 and f"{fresh.url}: DIFFERS at seq 8 (records)" in out.stdout
+
+
+async def test_a_log_that_stops_answering_is_reported_and_sends_fail_at_once(
+    nats: NatsServer,
+) -> None:
+    """A nats-server whose disk is full answers no publish at all (docs/full-disk.md): a
+    paused one behaves the same to a client for a few seconds. After three sends without
+    an answer, the node says so and answers sends at once instead of after the timeout."""
+    with TestClient(create_app(node_settings(nats))) as node:
+        wait_until(lambda: node.get("/readyz").status_code == 200, what="ready")
+        assert node.post("/messages", json={"text": "before"}).status_code == 201
+        nats.signal(signal.SIGSTOP)
+        try:
+            sends = [
+                asyncio.to_thread(node.post, "/messages", json={"text": f"lost {i}"})
+                for i in range(3)
+            ]
+            unanswered = await asyncio.gather(*sends)  # each waits out the 3 s timeout
+            assert [r.json()["error"] for r in unanswered] == ["log_unavailable"] * 3
+            started = time.monotonic()
+            refused = node.post("/messages", json={"text": "now"})
+            assert refused.status_code == 503 and refused.json()["error"] == "log_stalled"
+            assert time.monotonic() - started < 1.0  # at once, not after the timeout
+            assert node.get("/readyz").json()["log_stalled"] is True
+            assert value_of(node.get("/metrics").text, "chat_log_stalled") == 1
+        finally:
+            nats.signal(signal.SIGCONT)
+        # One send every 5 s finds out whether the log stores again; then all do.
+        wait_until(
+            lambda: node.post("/messages", json={"text": "again"}).status_code == 201,
+            timeout=20,
+            what="sends to work again",
+        )
+        assert node.get("/readyz").json()["log_stalled"] is False
