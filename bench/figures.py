@@ -509,7 +509,8 @@ def _instrumentation_off(n: int = 100_000) -> tuple[float, float]:
 
     payload = json.dumps({"text": TEXT, "user": "bench"}).encode()
     entries = [
-        LogEntry(seq=i + 1, subject=f"chat.c{i % 100}", data=payload, stored_ns=i) for i in range(n)
+        LogEntry(seq=i + 1, subject=f"chat.c{i % 100}.node", data=payload, stored_ns=i)
+        for i in range(n)
     ]
     replica = Replica(8192)
     settings = NodeSettings()

@@ -14,7 +14,10 @@ def main(n: int = 200_000) -> None:
     payload = json.dumps({"text": "x" * 200, "user": "bench"}).encode()
     entries = [
         LogEntry(
-            seq=i + 1, subject=f"chat.c{i % 100}", data=payload, stored_ns=1_795_840_002 * 10**9 + i
+            seq=i + 1,
+            subject=f"chat.c{i % 100}.node",
+            data=payload,
+            stored_ns=1_795_840_002 * 10**9 + i,
         )
         for i in range(n)
     ]

@@ -136,7 +136,9 @@ class Cluster:
         ]
         node = Service(name, args, port, self.workdir / f"{name}.log", env=self.creds.env(NODE))
         node.start()
-        self.nodes[name] = node
+        # The load thread lists live nodes while a scenario adds them: swap in a new dict
+        # rather than grow the one it may be iterating.
+        self.nodes = {**self.nodes, name: node}
         if wait:
             self.wait_ready(node)
         return node
