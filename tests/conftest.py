@@ -15,6 +15,7 @@ from chatlog import ChatLog
 from chatlog.roles import ADMIN, NODE, PUBLISHER
 from tests.support import (
     NodeProcs,
+    client,
     ensure_streams,
     node_settings,
     open_log,
@@ -76,9 +77,9 @@ async def publisher(nats: NatsServer) -> AsyncIterator[ChatLog]:
 @pytest.fixture
 def node(nats: NatsServer) -> Iterator[TestClient]:  # type: ignore[type-arg]
     """An in-process chat node (Litestar's test client), ready."""
-    with TestClient(create_app(node_settings(nats))) as client:
-        wait_until(lambda: client.get("/readyz").status_code == 200, what="node ready")
-        yield client
+    with client(create_app(node_settings(nats))) as test_client:
+        wait_until(lambda: test_client.get("/readyz").status_code == 200, what="node ready")
+        yield test_client
 
 
 @pytest.fixture

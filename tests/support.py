@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from auth import AuthSettings, keys
 from chat.settings import NodeSettings
 from chat_cluster.credentials import Credentials
 from chat_cluster.local import Service
@@ -26,6 +31,34 @@ from chatlog.roles import ADMIN, ARCHIVER, NODE
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# One signing key for the whole test run, as `chat-cluster up` makes one per cluster: every
+# service under test verifies tokens (auth is on, as in production).
+KEYS_DIR = Path(tempfile.mkdtemp(prefix="chat-test-keys-"))
+SIGNING_KEY = keys.load(keys.generate(KEYS_DIR))
+JWKS_FILE = KEYS_DIR / keys.JWKS
+AUTH_ENV = {"AUTH": "jwt", "JWKS_FILE": str(JWKS_FILE)}
+AUTH = AuthSettings(jwks_file=str(JWKS_FILE))
+ADMIN_TOKEN = keys.mint(SIGNING_KEY, "test-admin", ttl=24 * 3600, admin=True)
+"""What the tests send unless they test tokens: may read and send everywhere."""
+
+
+def token(user: str, **claims: Any) -> str:
+    """A token for ``user`` signed with the test key (``read``/``send`` patterns, ``ttl``,
+    ``admin``, ``name``, ``extra`` as :func:`auth.keys.mint` takes them)."""
+    return keys.mint(SIGNING_KEY, user, **claims)
+
+
+def bearer(value: str | None = ADMIN_TOKEN) -> dict[str, str]:
+    return {"authorization": f"Bearer {value}"} if value else {}
+
+
+def client(app: Litestar, value: str | None = ADMIN_TOKEN) -> TestClient:  # type: ignore[type-arg]
+    """Litestar's test client for ``app``, sending ``value`` as its bearer token (HTTP and
+    WebSocket handshakes alike)."""
+    test_client: TestClient = TestClient(app)  # type: ignore[type-arg]
+    test_client.headers.update(bearer(value))
+    return test_client
 
 
 def wait_until(check: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
@@ -50,13 +83,22 @@ async def until(check: Callable[[], object], timeout: float = 15.0, what: str = 
         await asyncio.sleep(0.02)
 
 
-def http(method: str, url: str, body: object | None = None, timeout: float = 10) -> tuple[int, Any]:
+def http(
+    method: str,
+    url: str,
+    body: object | None = None,
+    timeout: float = 10,
+    token: str | None = ADMIN_TOKEN,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     data = (
         None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     )
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         req.add_header("content-type", "application/json")
+    for name, value in {**bearer(token), **(headers or {})}.items():
+        req.add_header(name, value)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
@@ -173,6 +215,7 @@ def node_settings(nats: NatsServer, **overrides: Any) -> NodeSettings:
         "stall_after": 1.0,
         "watchdog_interval": 0.25,
         "grace": 2.0,
+        "auth": AUTH,
     }
     base.update(overrides)
     return NodeSettings(**base)
@@ -209,7 +252,7 @@ class NodeProcs:
 
     def _env(self, role: str) -> dict[str, str]:
         assert self._nats.creds is not None
-        return self._nats.creds.env(role)
+        return {**self._nats.creds.env(role), **AUTH_ENV}
 
     def _start(self, service: Service, wait: bool) -> Service:
         service.start()

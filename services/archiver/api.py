@@ -1,10 +1,10 @@
 """The archiver's REST routes. Errors reach clients through the one set of handlers."""
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
@@ -33,8 +33,19 @@ def readyz(state: State) -> Response[Health]:
     return Response(Health("ready" if ok else "not_ready", ok), status_code=200 if ok else 503)
 
 
+async def _may_read(request: Request[Any, Any, State], channel: str) -> None:
+    reader: Reader = request.app.state.reader
+    gate = reader.gate
+    gate.check_origin(request.headers)
+    who = await gate.identify(request.headers)
+    if who.user is not None and not (who.admin or who.read.match(channel)):
+        await reader.grants.fetch(who.user, channel)  # the claims do not settle it
+    gate.check_read(who, channel)
+
+
 @get("/messages/{channel:str}")
 async def channel_messages(
+    request: Request[Any, Any, State],
     state: State,
     channel: FromPath[str],
     after: Annotated[int, QueryParameter(ge=0)] = 0,
@@ -42,6 +53,7 @@ async def channel_messages(
 ) -> MessagesPage:
     reader: Reader = state.reader
     check_channel(channel)
+    await _may_read(request, channel)
     info = await reader.chatlog.info()
     records, _ = await reader.chatlog.read_records(channel, after, limit, info.max_text)
     return MessagesPage(
@@ -53,16 +65,23 @@ async def channel_messages(
 
 
 @get("/channels")
-async def channels(state: State) -> list[ChannelInfo]:
+async def channels(request: Request[Any, Any, State], state: State) -> list[ChannelInfo]:
+    """The channels the caller's token lets it read (grants are checked per channel on
+    reads; listing them here would cost one lookup per channel)."""
     reader: Reader = state.reader
+    gate = reader.gate
+    gate.check_origin(request.headers)
+    who = await gate.identify(request.headers)
     stats = await reader.chatlog.channel_stats()
-    return [ChannelInfo(s.channel, s.count, s.last_seq) for s in stats]
+    may_read = gate.access.may_read
+    return [ChannelInfo(s.channel, s.count, s.last_seq) for s in stats if may_read(who, s.channel)]
 
 
 @get("/export/{channel:str}")
-async def export(state: State, channel: FromPath[str]) -> Stream:
+async def export(request: Request[Any, Any, State], state: State, channel: FromPath[str]) -> Stream:
     reader: Reader = state.reader
     check_channel(channel)
+    await _may_read(request, channel)
     info = await reader.chatlog.info()
 
     async def lines() -> AsyncIterator[bytes]:

@@ -10,6 +10,8 @@ import telemetry
 from archiver.api import ROUTES
 from archiver.reader import Reader
 from archiver.settings import ArchiverSettings
+from auth import Gate
+from auth.web import cors
 from chatlog import ChatLog
 from chatlog.roles import ARCHIVER
 from servicekit.problems import EXCEPTION_HANDLERS
@@ -21,12 +23,16 @@ from telemetry.http import metrics, middleware
 def create_app(settings: ArchiverSettings, telemetry_: Telemetry | None = None) -> Litestar:
     tele = telemetry_ or telemetry.start("archiver", f"{settings.host}:{settings.port}", {})
     chatlog = ChatLog(settings.log, name="archiver", role=ARCHIVER)
-    reader = Reader(chatlog, settings.export_page)
+    gate = Gate(settings.auth)  # ConfigError without keys, unless --no-auth
+    reader = Reader(chatlog, settings.export_page, gate)
     background = Background()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await gate.start()  # a JWKS that cannot be read stops the archiver here
         background.start("archiver startup", reader.run())
+        if gate.verifier is not None and gate.verifier.has_remote_keys:
+            background.start("token keys", gate.verifier.refresh_forever())
         try:
             yield
         finally:
@@ -40,5 +46,6 @@ def create_app(settings: ArchiverSettings, telemetry_: Telemetry | None = None) 
         state=State({"settings": settings, "reader": reader, "telemetry": tele}),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
+        cors_config=cors(settings.auth),
         logging_config=None,
     )

@@ -3,6 +3,8 @@
 import logging
 from collections.abc import AsyncIterator
 
+from archiver.grants import FetchedGrants
+from auth import Gate
 from chatlog import ChatLog
 from chatlog.retry import SERVICE, retry
 
@@ -10,8 +12,10 @@ log = logging.getLogger("archiver")
 
 
 class Reader:
-    def __init__(self, chatlog: ChatLog, export_page: int) -> None:
+    def __init__(self, chatlog: ChatLog, export_page: int, gate: Gate) -> None:
         self.chatlog = chatlog
+        self.gate = gate
+        self.grants = FetchedGrants(chatlog, gate.grants, gate.settings.policy_cache)
         self._export_page = export_page
         self.ready = False
         """Connected once and the stream checked: the /readyz answer (with ``connected``)."""

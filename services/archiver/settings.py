@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from auth import AuthSettings
 from chatlog import LogSettings
 from options import nested, port, setting
 from servicekit.logs import log_level
@@ -16,5 +17,6 @@ class ArchiverSettings:
         help="log level (JSON lines when stderr is not a terminal)",
     )  # fmt: skip
     log: LogSettings = nested(LogSettings)
+    auth: AuthSettings = nested(AuthSettings)
     export_page: int = 500
     """Records read from the log per Direct Get batch while exporting."""

@@ -7,15 +7,16 @@ client through the one set of exception handlers (:mod:`servicekit.problems`).
 from typing import Annotated
 
 import msgspec
-from litestar import Request, Response, get, post, websocket
+from litestar import Request, Response, delete, get, post, put, websocket
 from litestar.connection import WebSocket
 from litestar.datastructures import State
-from litestar.params import FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
+from auth import Gate
 from chat import history
 from chat.node import Node
-from chat.wire import Progress, SendResult, send_decoder
-from chat.ws import CLOSE_GOING_AWAY, Session
+from chat.wire import GrantView, Progress, SendResult, encode_text, grant_decoder, send_decoder
+from chat.ws import CLOSE_GOING_AWAY, CLOSE_UNAUTHORIZED, Session, error_frame
 from chatlog import DEFAULT_CHANNEL, check_channel
 from servicekit.errors import ServiceError, bad_request
 from servicekit.shapes import PAGE_DEFAULT, PAGE_MAX, ChannelInfo, MessagesPage
@@ -62,8 +63,15 @@ def readyz(state: State) -> Response[Progress]:
     )
 
 
+def _gate(request: Request[object, object, State]) -> Gate:
+    gate: Gate = request.app.state.node.gate
+    gate.check_origin(request.headers)
+    return gate
+
+
 @get("/messages")
 async def list_messages(
+    request: Request[object, object, State],
     state: State,
     channel: FromQuery[str] = DEFAULT_CHANNEL,
     after: Annotated[int, QueryParameter(ge=0)] = 0,
@@ -73,6 +81,8 @@ async def list_messages(
     node: Node = state.node
     replica = node.replica
     check_channel(channel)
+    gate = _gate(request)
+    gate.check_read(await gate.identify(request.headers), channel)
     wait = node.settings.min_seq_wait
     if min_seq is not None and not await replica.wait_applied(min_seq, wait):
         raise ServiceError(
@@ -91,6 +101,9 @@ async def list_messages(
 
 @post("/messages", status_code=201)
 async def send_message(request: Request[object, object, State], state: State) -> SendResult:
+    gate = _gate(request)
+    who = await gate.identify(request.headers)
+    require_json(request)
     body = await request.body()
     try:
         req = send_decoder.decode(body)
@@ -99,27 +112,114 @@ async def send_message(request: Request[object, object, State], state: State) ->
     except msgspec.DecodeError as exc:
         raise bad_request("invalid_json", "body is not a JSON object") from exc
     node: Node = state.node
-    return await node.writer.send(req.channel, req.text, req.id, req.user, req.sent_at)
+    return await node.writer.send(who, req.channel, req.text, req.id, req.user, req.sent_at)
 
 
-@get("/channels", sync_to_thread=False)
-def list_channels(state: State) -> list[ChannelInfo]:
+@get("/channels")
+async def list_channels(request: Request[object, object, State], state: State) -> list[ChannelInfo]:
+    """Only the channels the caller may read."""
     node: Node = state.node
+    gate = _gate(request)
+    who = await gate.identify(request.headers)
+    may_read = gate.access.may_read
     return [
         ChannelInfo(channel=name, count=log.total, last_seq=log.last_seq)
         for name, log in sorted(node.replica.channels.items())
+        if may_read(who, name)
     ]
+
+
+@put("/admin/grants/{user:str}/{channel:str}")
+async def put_grant(
+    request: Request[object, object, State],
+    state: State,
+    user: FromPath[str],
+    channel: FromPath[str],
+) -> GrantView:
+    """Give ``user`` read and/or send on ``channel`` (replaces what they had there)."""
+    node: Node = state.node
+    gate = _gate(request)
+    gate.check_admin(await gate.identify(request.headers))
+    require_json(request)
+    check_channel(channel)
+    try:
+        grant = grant_decoder.decode(await request.body())
+    except msgspec.ValidationError as exc:
+        raise bad_request("invalid_field", str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise bad_request("invalid_json", 'body is like {"read": true, "send": false}') from exc
+    await node.policy.put(_user(user), channel, grant)
+    return GrantView(user=user, channel=channel, read=grant.read, send=grant.send)
+
+
+@delete("/admin/grants/{user:str}/{channel:str}", status_code=200)
+async def delete_grant(
+    request: Request[object, object, State],
+    state: State,
+    user: FromPath[str],
+    channel: FromPath[str],
+) -> GrantView:
+    """Take back everything granted to ``user`` on ``channel``."""
+    node: Node = state.node
+    gate = _gate(request)
+    gate.check_admin(await gate.identify(request.headers))
+    check_channel(channel)
+    await node.policy.put(_user(user), channel, None)
+    return GrantView(user=user, channel=channel, read=False, send=False)
+
+
+@get("/admin/grants/{user:str}")
+async def list_grants(
+    request: Request[object, object, State], state: State, user: FromPath[str]
+) -> list[GrantView]:
+    """What ``user`` was granted, as this node holds it (every node watches the grants)."""
+    node: Node = state.node
+    gate = _gate(request)
+    gate.check_admin(await gate.identify(request.headers))
+    return [
+        GrantView(user=user, channel=channel, read=grant.read, send=grant.send)
+        for channel, grant in sorted(node.gate.grants.of_user(_user(user)).items())
+    ]
+
+
+def _user(user: str) -> str:
+    if not 1 <= len(user) <= 64:
+        raise bad_request("invalid_user", "a user name has 1 to 64 characters")
+    return user
 
 
 @websocket("/ws")
 async def ws_endpoint(socket: WebSocket[object, object, State]) -> None:
     node: Node = socket.app.state.node
-    hub = node.hub
+    hub, gate = node.hub, node.gate
+    if not gate.origin_allowed(socket.headers):
+        # Before accepting: the handshake is answered 403 and no frame is ever read.
+        await socket.close(CLOSE_UNAUTHORIZED, "origin not allowed")
+        return
     await socket.accept()
     if hub.draining:
         await socket.close(CLOSE_GOING_AWAY, "node shutting down")
         return
-    session = Session(socket, node.replica, node.writer, node.settings, node.chatlog, hub.stats)
+    identity = None
+    token = socket.query_params.get("token")
+    if token is not None or "authorization" in socket.headers or not gate.enabled:
+        try:
+            identity = await gate.identify(socket.headers, token)
+        except ServiceError as exc:
+            await socket.send_text(encode_text(error_frame(exc, None)))
+            await socket.close(CLOSE_UNAUTHORIZED, exc.detail[:120])
+            return
+    session = Session(
+        socket,
+        node.replica,
+        node.writer,
+        node.settings,
+        node.chatlog,
+        hub.stats,
+        gate,
+        hub,
+        identity,
+    )
     hub.sessions.add(session)
     try:
         await session.run()
@@ -127,4 +227,25 @@ async def ws_endpoint(socket: WebSocket[object, object, State]) -> None:
         hub.sessions.discard(session)
 
 
-HTTP_ROUTES = [healthz, readyz, list_messages, send_message, list_channels]
+def require_json(request: Request[object, object, State]) -> None:
+    """Bodies are JSON, said so: a cross-site form or ``text/plain`` post (which a browser
+    sends without asking the server first) is refused before it is read."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise ServiceError(
+            415,
+            "unsupported_media_type",
+            f"send the body as application/json (got {media or 'no content-type'})",
+        )
+
+
+HTTP_ROUTES = [
+    healthz,
+    readyz,
+    list_messages,
+    send_message,
+    list_channels,
+    put_grant,
+    delete_grant,
+    list_grants,
+]

@@ -8,6 +8,7 @@ from litestar import Litestar, Router
 from litestar.datastructures import State
 
 import telemetry
+from auth.web import cors
 from chat.api import HTTP_ROUTES, ws_endpoint
 from chat.metrics import NodeMetrics
 from chat.node import Node
@@ -29,7 +30,7 @@ def create_app(settings: NodeSettings, telemetry_: Telemetry | None = None) -> L
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        node.start()
+        await node.start()
         log.info("node %s starting", settings.node_id)
         try:
             yield
@@ -48,6 +49,7 @@ def create_app(settings: NodeSettings, telemetry_: Telemetry | None = None) -> L
         state=State({"node": node, "telemetry": tele}),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
+        cors_config=cors(settings.auth),
         logging_config=None,
         debug=False,
     )

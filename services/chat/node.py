@@ -4,7 +4,9 @@ from dataclasses import dataclass
 
 from opentelemetry.metrics import Meter
 
+from auth import Gate
 from chat.follower import Follower
+from chat.grants import Policy
 from chat.logstate import LogState
 from chat.replica import Replica
 from chat.saver import Saver
@@ -30,6 +32,10 @@ class Node:
     """The node's tasks (follower, snapshot saver): started by ``start``, ended by ``stop``."""
     log_state: LogState
     """The stream as last seen (limits, append-only) and whether sends are refused as full."""
+    gate: Gate
+    """Tokens, origins and permissions: every route and socket asks it."""
+    policy: Policy
+    """The grants, watched from the bucket beside the log."""
 
     @classmethod
     def create(cls, settings: NodeSettings, meter: Meter, tracing: bool) -> "Node":
@@ -37,21 +43,26 @@ class Node:
         # The text limit is the log's own: the replica takes it from the stream at bootstrap.
         replica = Replica(DEFAULT_MAX_TEXT, settings.keep_per_channel)
         log_state = LogState()
+        gate = Gate(settings.auth)  # ConfigError without keys, unless --no-auth
+        hub = Hub()
         return cls(
             settings=settings,
             chatlog=chatlog,
             replica=replica,
             follower=Follower(settings, replica, chatlog, log_state),
-            writer=Writer(chatlog, replica, log_state, SendMetrics(meter), tracing),
-            hub=Hub(),
+            writer=Writer(chatlog, replica, log_state, SendMetrics(meter), tracing, gate),
+            hub=hub,
             background=Background(),
             log_state=log_state,
+            gate=gate,
+            policy=Policy(chatlog, gate.grants, hub),
         )
 
     @property
     def ready(self) -> bool:
         """The /readyz answer: the follower runs and has caught up, and we are not draining."""
-        return self.follower.ready and not self.hub.draining
+        grants = self.policy.loaded or not self.gate.enabled
+        return self.follower.ready and grants and not self.hub.draining
 
     @property
     def saves_snapshots(self) -> bool:
@@ -63,8 +74,13 @@ class Node:
             and self.chatlog.snapshots_enabled
         )
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        await self.gate.start()
         self.background.start("follower", self.follower.run())
+        if self.gate.enabled:
+            self.background.start("grants", self.policy.run())
+        if self.gate.verifier is not None and self.gate.verifier.has_remote_keys:
+            self.background.start("token keys", self.gate.verifier.refresh_forever())
         if self.saves_snapshots:
             saver = Saver(self.chatlog, self.follower, self.replica, self.settings.snapshot_every)
             self.background.start("snapshot saver", saver.run(self.settings.snapshot_interval))

@@ -5,6 +5,7 @@ Read once at the entry point (``options.build``) and passed down.
 
 from dataclasses import dataclass
 
+from auth import AuthSettings
 from chatlog import LogSettings
 from options import nested, non_negative_int, port, positive_float, positive_int, setting
 from servicekit.logs import log_level
@@ -32,6 +33,7 @@ class NodeSettings:
         help="log level (JSON lines when stderr is not a terminal)",
     )  # fmt: skip
     log: LogSettings = nested(LogSettings)
+    auth: AuthSettings = nested(AuthSettings)
     grace: float = setting(
         10.0, flag="--grace", env="GRACE_SECONDS", parse=positive_float,
         help="seconds SIGTERM waits for WebSockets to close with 1001",

@@ -2,6 +2,7 @@
 
 import msgspec
 
+from auth import Grant
 from chatlog.names import DEFAULT_CHANNEL
 from chatlog.records import MessageId, Text, Timestamp, UserName
 
@@ -62,7 +63,22 @@ class Send(msgspec.Struct, frozen=True, tag="send", tag_field="op", forbid_unkno
     sent_at: Timestamp | None = None
 
 
-ClientFrame = Join | Leave | Send
+class Auth(msgspec.Struct, frozen=True, tag="auth", tag_field="op", forbid_unknown_fields=True):
+    """The first frame of a socket whose handshake carried no token."""
+
+    token: str
+
+
+class Refresh(
+    msgspec.Struct, frozen=True, tag="refresh", tag_field="op", forbid_unknown_fields=True
+):
+    """A new token for the same user, before the current one expires."""
+
+    token: str
+
+
+ClientFrame = Join | Leave | Send | Auth | Refresh
+OPS = "join, leave, send, auth, refresh"
 
 
 # WebSocket, node to client. Messages are the stored record JSON with "op" spliced in.
@@ -72,8 +88,25 @@ class Joined(msgspec.Struct, frozen=True, tag="joined", tag_field="op"):
     last_seq: int
 
 
-class Left(msgspec.Struct, frozen=True, tag="left", tag_field="op"):
+class Left(msgspec.Struct, frozen=True, tag="left", tag_field="op", omit_defaults=True):
     channel: str
+    reason: str | None = None
+    """Set when the node left for the client: ``forbidden`` (read access was revoked)."""
+
+
+class Authed(msgspec.Struct, frozen=True, tag="authed", tag_field="op", omit_defaults=True):
+    """The token was accepted (after ``auth`` or ``refresh``)."""
+
+    user: str
+    expires_at: int | None = None
+    name: str | None = None
+
+
+class TokenExpiring(msgspec.Struct, frozen=True, tag="token_expiring", tag_field="op"):
+    """Send ``refresh`` with a new token within ``expires_in`` seconds, or the socket is
+    closed with 4002."""
+
+    expires_in: float
 
 
 class Ack(msgspec.Struct, frozen=True, tag="ack", tag_field="op"):
@@ -88,7 +121,17 @@ class ErrorFrame(msgspec.Struct, frozen=True, tag="error", tag_field="op"):
     id: str | None = None
 
 
+class GrantView(msgspec.Struct, frozen=True):
+    """``/admin/grants``: what a user may do on a channel beyond their token's claims."""
+
+    user: str
+    channel: str
+    read: bool
+    send: bool
+
+
 frame_decoder = msgspec.json.Decoder(ClientFrame)
+grant_decoder = msgspec.json.Decoder(Grant)
 send_decoder = msgspec.json.Decoder(SendRequest)
 encoder = msgspec.json.Encoder()
 

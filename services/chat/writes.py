@@ -8,6 +8,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import Meter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from auth import Gate, Identity
 from chat.logstate import LogState
 from chat.replica import Replica
 from chat.wire import SendResult
@@ -48,7 +49,9 @@ class Writer:
         log_state: LogState,
         metrics: SendMetrics,
         tracing: bool,
+        gate: Gate,
     ) -> None:
+        self._gate = gate
         self._chatlog = chatlog
         self._replica = replica
         self._log_state = log_state
@@ -68,18 +71,34 @@ class Writer:
         if not text:
             raise bad_request("empty_text", "text must not be empty")
 
+    def check(self, who: Identity, channel: str, text: str, user: str | None) -> None:
+        """Everything we refuse before NATS is touched: 400, and 403 for a channel the
+        sender may not send to or a ``user`` that is not the token's."""
+        self.validate(channel, text)
+        if not who.anonymous and user is not None and user != who.user:
+            raise ServiceError(
+                403, "user_mismatch",
+                f"user {user!r} is not the token's ({who.user!r}); leave user out: the node "
+                "stamps the sender from the token",
+            )  # fmt: skip
+        self._gate.check_send(who, channel)
+
     async def send(
         self,
+        who: Identity,
         channel: str,
         text: str,
         msg_id: str | None,
         user: str | None,
         sent_at: datetime | None,
     ) -> SendResult:
-        """Returns only after JetStream acknowledged the message. The id is also the
-        Nats-Msg-Id, so a client that retries after an error (on any node) within the
+        """Returns only after JetStream acknowledged the message. The sender is the token's
+        (anonymous mode: whatever ``user`` says). The id, scoped to sender and channel, is
+        the Nats-Msg-Id, so a client that retries after an error (on any node) within the
         duplicate window gets the first seq back instead of a second copy."""
-        self.validate(channel, text)
+        self.check(who, channel, text, user)
+        if not who.anonymous:
+            user = who.user
         state = self._log_state
         if not state.stream_ok and state.info is not None:
             raise ServiceError(
@@ -94,9 +113,12 @@ class Writer:
                 "(its storage may be full); nothing was sent; retry later with the same id",
             )  # fmt: skip
         msg_id = msg_id or uuid.uuid4().hex
-        payload = encode_payload(Payload(text=text, id=msg_id, user=user, sent_at=sent_at))
+        payload = encode_payload(
+            Payload(text=text, id=msg_id, user=user, sent_at=sent_at, name=who.name)
+        )
+        dedupe = self._chatlog.dedupe_id(user or "", channel, msg_id)
         if not self._tracing:
-            return await self._publish(channel, payload, msg_id, None)
+            return await self._publish(channel, payload, msg_id, dedupe, None)
         with tracer.start_as_current_span("chat.send", attributes={"chat.channel": channel}):
             # The publish span's context goes into the message's headers: every node's
             # apply span becomes its child, so one trace follows the message everywhere.
@@ -109,15 +131,15 @@ class Writer:
                     "messaging.message.id": msg_id,
                 },
             ) as span:
-                return await self._publish(channel, payload, msg_id, span)
+                return await self._publish(channel, payload, msg_id, dedupe, span)
 
     async def _publish(
-        self, channel: str, payload: bytes, msg_id: str, span: Span | None
+        self, channel: str, payload: bytes, msg_id: str, dedupe: str, span: Span | None
     ) -> SendResult:
         started = time.perf_counter()
         trace_parent = current_traceparent() if span is not None else None
         try:
-            ack = await self._chatlog.publish(channel, payload, msg_id, trace_parent)
+            ack = await self._chatlog.publish(channel, payload, dedupe, trace_parent)
         except LogError as exc:
             # Counted here, answered by the one error path (HTTP handler, WebSocket frame).
             self._metrics.errors.add(1, {"kind": exc.code})

@@ -11,23 +11,29 @@ resumed client (``after``) sees no gap and no duplicate, on any node.
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, deque
 from typing import Any, cast
 
 import msgspec
 from litestar import WebSocket
 
+from auth import Gate, Identity
 from chat import history
 from chat.replica import Replica
 from chat.settings import NodeSettings
 from chat.wire import (
     Ack,
+    Auth,
+    Authed,
     ErrorFrame,
     Join,
     Joined,
     Leave,
     Left,
+    Refresh,
     Send,
+    TokenExpiring,
     encode_text,
     frame_decoder,
     message_frame,
@@ -44,6 +50,10 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
+CLOSE_UNAUTHORIZED = 4001
+"""No token in time, a token we cannot accept, or a frame before the token."""
+CLOSE_TOKEN_EXPIRED = 4002
+"""The token expired and no ``refresh`` came."""
 
 
 CLOSE_REASONS = {
@@ -51,6 +61,8 @@ CLOSE_REASONS = {
     CLOSE_POLICY: "abuse",
     CLOSE_RESTART: "log_replaced",
     CLOSE_TRY_AGAIN: "overflow",
+    CLOSE_UNAUTHORIZED: "unauthorized",
+    CLOSE_TOKEN_EXPIRED: "token_expired",
 }
 
 
@@ -92,8 +104,16 @@ class Session:
         settings: NodeSettings,
         chatlog: ChatLog,
         stats: WsStats,
+        gate: Gate,
+        hub: "Hub",
+        identity: Identity | None,
     ) -> None:
         self._ws = socket
+        self._gate = gate
+        self._hub = hub
+        self.identity: Identity | None = None
+        """Who this socket is; None until its token is accepted."""
+        self._timers: list[asyncio.TimerHandle] = []
         self._stats = stats
         self._chatlog = chatlog
         self._replica = replica
@@ -108,8 +128,15 @@ class Session:
         self._inflight = asyncio.Semaphore(settings.ws_inflight_sends)
         self._receiving = True
         self._sender: asyncio.Task[None] | None = None
+        if identity is not None:
+            self._authenticated(identity, announce=False)  # the handshake carried it
 
     async def run(self) -> None:
+        if self.identity is None:
+            timeout = self._gate.settings.ws_auth_timeout
+            self._timers.append(
+                asyncio.get_running_loop().call_later(timeout, self._auth_timed_out, timeout)
+            )
         self._sender = asyncio.create_task(self._send_loop())
         receiver = asyncio.create_task(self._receive_loop())
         tasks = {self._sender, receiver}
@@ -120,6 +147,8 @@ class Session:
                 # (acks of in-flight sends, for a graceful close) go out first.
                 await asyncio.wait({self._sender}, timeout=2.0)
         finally:
+            self._disarm()
+            self._hub.forget(self)
             for task in (*tasks, *self._sends):
                 task.cancel()
             await asyncio.gather(*tasks, *self._sends, return_exceptions=True)
@@ -167,6 +196,57 @@ class Session:
 
     def reset(self) -> None:
         self.close(CLOSE_RESTART, "the log was replaced; join again", flush=False)
+
+    # Tokens: accepted, refreshed, expiring.
+    def _authenticated(self, identity: Identity, announce: bool = True) -> None:
+        if self.identity is None:
+            self.identity = identity
+            self._hub.register(self)
+        else:
+            self.identity = identity
+            self.recheck()  # a refreshed token may allow less than the one before
+        self._disarm()
+        expires_at = None
+        if identity.expires is not None:
+            expires_at = int(identity.expires)
+            loop = asyncio.get_running_loop()
+            left = identity.expires - time.time()
+            ahead = min(self._gate.settings.refresh_ahead, max(left / 2, 0))
+            self._timers.append(loop.call_later(left - ahead, self._expiring, identity))
+            grace = left + self._gate.settings.leeway
+            self._timers.append(loop.call_later(grace, self._expired, identity))
+        if announce:
+            self._queue(Authed(user=identity.user or "", expires_at=expires_at, name=identity.name))
+
+    def _disarm(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+    def _auth_timed_out(self, timeout: float) -> None:
+        if self.identity is None:
+            self._queue(ErrorFrame(code="unauthorized", detail=f"no auth frame within {timeout}s"))
+            self.close(CLOSE_UNAUTHORIZED, "no token")
+
+    def _expiring(self, identity: Identity) -> None:
+        if self.identity is identity and identity.expires is not None:
+            self._queue(TokenExpiring(expires_in=round(max(identity.expires - time.time(), 0), 1)))
+
+    def _expired(self, identity: Identity) -> None:
+        if self.identity is identity:
+            self.close(CLOSE_TOKEN_EXPIRED, "token expired; reconnect with a new one", False)
+
+    def recheck(self) -> None:
+        """Leave, for the client, every channel it may no longer read (a grant revoked, a
+        refreshed token with fewer channels). The socket itself stays open."""
+        who = self.identity
+        if who is None:
+            return
+        for channel in [c for c in self._subs if not self._gate.access.may_read(who, c)]:
+            del self._subs[channel]
+            self._replica.unlisten(channel, self)
+            self._queue(ErrorFrame(code="forbidden", detail=f"read access to {channel} ended"))
+            self._queue(Left(channel=channel, reason="forbidden"))
 
     def _queue(self, frame: object) -> None:
         self._out.append((None, encode_text(frame)))
@@ -241,12 +321,18 @@ class Session:
             self._bad(ErrorFrame(code="invalid_json", detail="frame is not a JSON object"))
             return
         try:
-            if isinstance(frame, Join):
-                self._join(frame)
+            if isinstance(frame, Auth | Refresh):
+                await self._auth(frame)
+            elif self.identity is None:
+                self._queue(ErrorFrame(code="unauthorized", detail="send auth first"))
+                self.close(CLOSE_UNAUTHORIZED, "no token")
+                return
+            elif isinstance(frame, Join):
+                self._join(frame, self.identity)
             elif isinstance(frame, Leave):
                 self._leave(frame)
             else:
-                self._writer.validate(frame.channel, frame.text)
+                self._writer.check(self.identity, frame.channel, frame.text, frame.user)
                 await self._inflight.acquire()
                 task = asyncio.create_task(self._send(frame))
                 self._sends.add(task)
@@ -256,14 +342,28 @@ class Session:
             return
         self._bad_in_a_row = 0
 
+    async def _auth(self, frame: Auth | Refresh) -> None:
+        try:
+            identity = await self._gate.identify({}, frame.token)
+        except ServiceError as exc:
+            if self.identity is None:
+                self._queue(error_frame(exc, None))
+                self.close(CLOSE_UNAUTHORIZED, exc.detail[:120])
+                return
+            raise  # a bad refresh is an error frame; the current token stays
+        if self.identity is not None and identity.user != self.identity.user:
+            raise ServiceError(403, "forbidden", "a refresh must be for the same user")
+        self._authenticated(identity)
+
     def _bad(self, frame: ErrorFrame) -> None:
         self._queue(frame)
         self._bad_in_a_row += 1
         if self._bad_in_a_row >= self._settings.ws_bad_frames:
             self.close(CLOSE_POLICY, f"{self._bad_in_a_row} bad frames in a row")
 
-    def _join(self, frame: Join) -> None:
+    def _join(self, frame: Join, who: Identity) -> None:
         channel = check_channel(frame.channel)
+        self._gate.check_read(who, channel)
         epoch = self._replica.epoch
         if epoch is None:
             raise ServiceError(503, "not_ready", "this node has not loaded the log yet; retry")
@@ -290,9 +390,10 @@ class Session:
         self._queue(Left(channel=channel))
 
     async def _send(self, frame: Send) -> None:
+        assert self.identity is not None
         try:
             result = await self._writer.send(
-                frame.channel, frame.text, frame.id, frame.user, frame.sent_at
+                self.identity, frame.channel, frame.text, frame.id, frame.user, frame.sent_at
             )
         except (ServiceError, LogError) as exc:
             self._queue(error_frame(exc, frame.id))
@@ -307,12 +408,30 @@ class Session:
 
 
 class Hub:
-    """Every open session, so that shutdown and epoch changes can reach them."""
+    """Every open session, so that shutdown, epoch changes and revocations reach them."""
 
     def __init__(self) -> None:
         self.sessions: set[Session] = set()
+        self.by_user: dict[str, set[Session]] = {}
         self.draining = False
         self.stats = WsStats()
+
+    def register(self, session: Session) -> None:
+        if session.identity is not None and session.identity.user is not None:
+            self.by_user.setdefault(session.identity.user, set()).add(session)
+
+    def forget(self, session: Session) -> None:
+        user = session.identity.user if session.identity is not None else None
+        if user is not None and user in self.by_user:
+            self.by_user[user].discard(session)
+            if not self.by_user[user]:
+                del self.by_user[user]
+
+    def recheck(self, user: str) -> None:
+        """A grant of ``user`` changed: each of their sockets leaves what it may no longer
+        read."""
+        for session in list(self.by_user.get(user, ())):
+            session.recheck()
 
     async def drain(self, timeout: float) -> None:
         self.draining = True

@@ -1,5 +1,5 @@
-"""``chat-cluster``: up, down, status, node, archiver, ensure-stream, verify, creds, send,
-tail, nats-server.
+"""``chat-cluster``: up, down, status, node, archiver, ensure-stream, verify, creds, token,
+grant, revoke, send, tail, nats-server.
 
 Every flag of the services comes from their settings dataclasses (:mod:`options`):
 ``--help`` shows each default and its environment variable.
@@ -24,10 +24,13 @@ from chat_cluster.settings import (
     ClientSettings,
     DirSettings,
     EnsureSettings,
+    GrantSettings,
+    TokenSettings,
     UpSettings,
     VerifySettings,
     local_nats,
     local_nodes,
+    minted,
     role,
 )
 from chatlog import LogError, LogSettings, StreamConflict
@@ -86,9 +89,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     creds.add_argument("role", type=role, help=f"one of {', '.join(ROLES)}")
 
+    token = command(
+        "token",
+        "print a signed user token, minted with a local cluster's signing key (production "
+        "tokens come from your identity provider)",
+        TokenSettings,
+    )
+    token.add_argument("--user", required=True, help="the token's subject: the sender shown")
+    token.add_argument("--name", default=None, help="a display name (default: none)")
+    token.add_argument(
+        "--read", action="append", default=[], metavar="PATTERN",
+        help="channels it may read: a name or a pattern such as 'room-*' (repeatable)",
+    )  # fmt: skip
+    token.add_argument(
+        "--send", action="append", default=[], metavar="PATTERN",
+        help="channels it may send to (repeatable)",
+    )  # fmt: skip
+    token.add_argument("--admin", action="store_true", help="every channel, and grants")
+
+    for name, what in (("grant", "give"), ("revoke", "take back")):
+        cmd = command(
+            name,
+            f"{what} a user read and/or send on one channel (the grants bucket beside the "
+            "log; every node applies it within a second), with admin NATS credentials",
+            GrantSettings,
+        )
+        cmd.add_argument("user")
+        cmd.add_argument("channel", type=_channel)
+        cmd.add_argument(
+            "what",
+            choices=("read", "send", "both"),
+            nargs="?" if name == "revoke" else None,
+            default="both",
+        )
+
     send = command("send", "send a message through a chat node", ClientSettings)
     send.add_argument("text")
-    send.add_argument("--user", default=None, help="sender's name (default: unset)")
     send.add_argument(
         "--id", default=None, help="message id; retries with it are idempotent (default: new)"
     )
@@ -163,11 +199,71 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
         settings = options.build(ClientSettings, args, env)
         if command == "send":
-            return asyncio.run(client.send(settings, args.text, args.user, args.id))
+            return asyncio.run(client.send(settings, args.text, args.id))
         return asyncio.run(client.tail(settings, args.after, args.count, args.json))
     if command == "nats-server":
         return _nats_server(args)
+    if command == "token":
+        return _token(options.build(TokenSettings, args, env), args)
+    if command in ("grant", "revoke"):
+        return _grant(options.build(GrantSettings, args, env), args)
     raise AssertionError(command)
+
+
+def _channel(raw: str) -> str:
+    from chatlog import InvalidInput, check_channel
+
+    try:
+        return check_channel(raw)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from exc
+
+
+def _token(settings: TokenSettings, args: argparse.Namespace) -> int:
+    from auth import keys
+
+    path = Path(settings.data_dir) / "auth" / keys.SIGNING_KEY
+    if not path.exists():
+        raise ConfigError(f"no signing key at {path}; start `chat-cluster up` there once")
+    print(
+        keys.mint(
+            keys.load(path),
+            args.user,
+            ttl=settings.ttl,
+            read=tuple(args.read),
+            send=tuple(args.send),
+            admin=args.admin,
+            name=args.name,
+        )
+    )
+    return 0
+
+
+def _grant(settings: GrantSettings, args: argparse.Namespace) -> int:
+    from chat_cluster.admin import change_grant
+
+    log = _local_log(Path(settings.data_dir), settings.log, "admin")
+    read = args.what in ("read", "both")
+    send = args.what in ("send", "both")
+    try:
+        grant = asyncio.run(
+            change_grant(log, args.user, args.channel, read, send, args.command == "grant")
+        )
+    except LogError as exc:
+        print(f"chat-cluster {args.command}: {exc.detail}", file=sys.stderr)
+        return 1
+    now = f"read={str(grant.read).lower()} send={str(grant.send).lower()}"
+    print(f"{args.user} on {args.channel}: {now}")
+    return 0
+
+
+def _local_log(data: Path, log: LogSettings, role_name: str) -> LogSettings:
+    """A local cluster's NATS URLs and the role's credentials, unless given."""
+    if not log.has_credentials and (data / "creds" / f"{role_name}.nk").exists():
+        log = dataclasses.replace(log, creds=str(data / "creds" / f"{role_name}.nk"))
+    if log.nats_urls == LogSettings().nats_urls and local_nats(data):
+        log = dataclasses.replace(log, nats_urls=local_nats(data))
+    return log
 
 
 def _node(settings: NodeSettings, env: Mapping[str, str]) -> int:
@@ -212,12 +308,9 @@ def _verify(settings: VerifySettings) -> int:
         nodes = [(f"node-{i}", url) for i, url in enumerate(local_nodes(data), 1)]
     if not nodes:
         raise ConfigError(f"no --nodes given and no running cluster in {data}")
-    log = settings.log
-    if not log.has_credentials and (data / "creds" / "archiver.nk").exists():
-        log = dataclasses.replace(log, creds=str(data / "creds" / "archiver.nk"))
-    if log.nats_urls == LogSettings().nats_urls and local_nats(data):
-        log = dataclasses.replace(log, nats_urls=local_nats(data))
-    return asyncio.run(verify(log, nodes, settings.records))
+    log = _local_log(data, settings.log, "archiver")
+    token = settings.token or minted(data, "chat-cluster verify", admin=True)
+    return asyncio.run(verify(log, nodes, settings.records, token))
 
 
 def _ensure_stream(settings: EnsureSettings, timeout: float) -> int:

@@ -11,9 +11,14 @@ import websockets
 from chat_cluster.settings import ClientSettings
 
 
-def _post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
+def _headers(settings: ClientSettings) -> dict[str, str]:
+    token = settings.bearer()
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, object]]:
     request = urllib.request.Request(
-        url, data=body, method="POST", headers={"content-type": "application/json"}
+        url, data=body, method="POST", headers={"content-type": "application/json", **headers}
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
@@ -25,17 +30,18 @@ def _post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
             return exc.code, {"error": "http_error", "detail": str(exc)}
 
 
-async def send(settings: ClientSettings, text: str, user: str | None, msg_id: str | None) -> int:
+async def send(settings: ClientSettings, text: str, msg_id: str | None) -> int:
     body: dict[str, object] = {"channel": settings.channel, "text": text}
-    if user:
-        body["user"] = user
+    headers = _headers(settings)
+    if not headers:
+        body["user"] = settings.user  # a node in --no-auth mode takes the name as given
     if msg_id:
         body["id"] = msg_id
     unreachable = []
     for node in settings.nodes():
         url = node + "/messages"
         try:
-            status, answer = await asyncio.to_thread(_post, url, json.dumps(body).encode())
+            status, answer = await asyncio.to_thread(_post, url, json.dumps(body).encode(), headers)
         except (urllib.error.URLError, OSError) as exc:
             unreachable.append(f"{url}: {getattr(exc, 'reason', exc)}")
             continue
@@ -60,7 +66,9 @@ async def tail(settings: ClientSettings, after: int | None, count: int | None, r
         join["after"] = after
     seen = 0
     try:
-        async with websockets.connect(url, open_timeout=10) as ws:
+        async with websockets.connect(
+            url, open_timeout=10, additional_headers=_headers(settings)
+        ) as ws:
             await ws.send(json.dumps(join))
             async for data in ws:
                 frame = json.loads(data)

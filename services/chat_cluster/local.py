@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from auth import keys
 from chat_cluster.admin import ensure_stream
 from chat_cluster.credentials import Credentials
 from chat_cluster.natsserver import Auth, NatsServer, ServerConfig, checked_binary
@@ -306,15 +307,24 @@ class LocalCluster:
             servers.append(NatsServer(binary, config, self.data / "logs", bound_to_parent=True))
         return servers
 
+    def _auth_env(self) -> dict[str, str]:
+        """Token keys: a signing key generated once in <data>/auth, its JWKS for the
+        services (``chat-cluster token`` signs with the key)."""
+        if not self.settings.auth:
+            return {"AUTH": "none"}
+        keys.generate(self.data / "auth")
+        return {"AUTH": "jwt", "JWKS_FILE": str(self.data / "auth" / keys.JWKS)}
+
     def _services(self, urls: str, logs: Path, creds: Credentials) -> list[Service]:
         common = ["--nats-url", urls, "--host", HOST]
+        auth = self._auth_env()
         services = [
             Service(
                 "archiver",
                 ["archiver", *common, "--port", str(self.ports.archiver)],
                 self.ports.archiver,
                 logs / "archiver.log",
-                env=creds.env(ARCHIVER),
+                env={**creds.env(ARCHIVER), **auth},
                 bound_to_parent=True,
             )
         ]
@@ -326,7 +336,7 @@ class LocalCluster:
                     args,
                     port,
                     logs / f"node-{i}.log",
-                    env=creds.env(NODE),
+                    env={**creds.env(NODE), **auth},
                     bound_to_parent=True,
                 )
             )
@@ -378,6 +388,13 @@ class LocalCluster:
             metrics = f"metrics {url}/metrics" if url.startswith("http") else ""
             print(f"  {name:<{width}}  {url:<26} pid {pid:<8} {metrics}".rstrip())
         print("`chat-cluster status` shows readiness, applied seq, lag and connections;")
+        if self.settings.auth:
+            print(
+                "user tokens: `chat-cluster token --user ada --read '*' --send '*'` "
+                "(send and tail mint their own)"
+            )
+        else:
+            print("AUTH=none: anonymous mode, anyone may read everything and send as anyone")
         print(
             "NATS wants credentials: `chat-cluster creds publisher` (for `nats pub`), "
             "`creds admin` (streams)"

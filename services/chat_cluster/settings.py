@@ -4,8 +4,10 @@
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+from auth import keys
 from chatlog import DEFAULT_CHANNEL, InvalidInput, LogSettings, StreamSpec, check_channel
 from chatlog.roles import ROLES
 from options import byte_size, int_at_least, nested, port, setting
@@ -36,7 +38,13 @@ class UpSettings:
         "monitor B+220..",
         shown="nodes 8001.., archiver 8100, NATS 4222, routes 6222, monitor 8222",
     )  # fmt: skip
-    data_dir: str = _data_dir("NATS store, logs, credentials and cluster.json")
+    data_dir: str = _data_dir("NATS store, logs, credentials, token keys and cluster.json")
+    auth: bool = setting(
+        True, flag="--auth", env=None,
+        help="generate a token signing key in <data-dir>/auth and start every service "
+        "with it; --no-auth starts them in anonymous mode (anyone is anyone)",
+        shown="on",
+    )  # fmt: skip
     nats_cluster: int = setting(
         1, flag="--nats-cluster", env=None, parse=nats_servers,
         help="1 nats-server (R1 stream) or 3 (R3)",
@@ -88,10 +96,28 @@ class ClientSettings:
         help="chat node base URL",
         shown=f"the first node in <data-dir>/cluster.json if `up` runs there, else {FALLBACK_NODE}",
     )  # fmt: skip
-    data_dir: str = _data_dir("where to look for cluster.json when --node is not given")
+    data_dir: str = _data_dir(
+        "where to look for cluster.json when --node is not given, and for the signing key "
+        "that mints a token when CHAT_TOKEN is not given"
+    )
     channel: str = setting(
         DEFAULT_CHANNEL, flag="--channel", env="CHAT_CHANNEL", parse=channel, help="channel"
     )
+    token: str | None = setting(
+        None, flag=None, env="CHAT_TOKEN", secret=True,
+        help="the token to send with (`chat-cluster token` prints one)",
+        shown="a 1-hour token for --user on --channel, minted with <data-dir>'s signing key",
+    )  # fmt: skip
+    user: str = setting(
+        "cli", flag="--user", env="CHAT_USER",
+        help="who a minted token is for (the sender shown; ignored with CHAT_TOKEN)",
+    )  # fmt: skip
+
+    def bearer(self) -> str | None:
+        """CHAT_TOKEN, or a short-lived token minted with a local cluster's key, or none
+        (a node in --no-auth mode)."""
+        ch = (self.channel,)
+        return self.token or minted(Path(self.data_dir), self.user, read=ch, send=ch)
 
     def nodes(self) -> list[str]:
         """The node to use, then any others the local cluster has (for failover)."""
@@ -99,6 +125,14 @@ class ClientSettings:
             return [self.node]
         found = local_nodes(Path(self.data_dir))
         return found or [FALLBACK_NODE]
+
+
+def minted(data_dir: Path, user: str, **claims: Any) -> str | None:
+    """A 1-hour token signed with a local cluster's key, if ``data_dir`` has one."""
+    key = data_dir / "auth" / keys.SIGNING_KEY
+    if not key.exists():
+        return None
+    return keys.mint(keys.load(key), user, ttl=3600, **claims)
 
 
 def local_nodes(data_dir: Path) -> list[str]:
@@ -142,6 +176,25 @@ class EnsureSettings:
 
 
 @dataclass(frozen=True)
+class TokenSettings:
+    """``chat-cluster token``: mint a token with a local cluster's signing key."""
+
+    data_dir: str = _data_dir("the local cluster whose signing key (auth/) signs")
+    ttl: float = setting(
+        3600.0, flag="--ttl", env=None, parse=keys.duration,
+        help="how long the token is valid: 30s, 15m, 1h, 7d", shown="1h",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GrantSettings:
+    """``grant`` and ``revoke``: the grants bucket, with admin credentials."""
+
+    data_dir: str = _data_dir("a local cluster: its NATS and admin credentials when not given")
+    log: LogSettings = nested(LogSettings)
+
+
+@dataclass(frozen=True)
 class VerifySettings:
     nodes: tuple[str, ...] = setting(
         (), flag="--nodes", env="CHAT_NODES", parse=node_urls,
@@ -151,6 +204,11 @@ class VerifySettings:
     data_dir: str = _data_dir(
         "a local cluster: its nodes, NATS and archiver credentials when not given"
     )
+    token: str | None = setting(
+        None, flag=None, env="CHAT_TOKEN", secret=True,
+        help="an admin token for --records (which reads every channel)",
+        shown="one minted with <data-dir>'s signing key",
+    )  # fmt: skip
     records: bool = setting(
         False, flag="--records", env=None,
         help="also compare every record every node serves with the log's, whatever the "

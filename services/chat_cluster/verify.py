@@ -33,9 +33,12 @@ class NodeState:
     error: str | None = None
 
 
-def _get(url: str) -> Any:
+def _get(url: str, token: str | None = None) -> Any:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=10
+        ) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:  # /readyz answers 503 with the same fields
         return json.loads(exc.read())
@@ -51,13 +54,16 @@ def node_state(name: str, url: str) -> NodeState:
     return state
 
 
-def node_records(url: str) -> dict[int, str]:
-    """Every record a node serves, by seq (a page at a time)."""
+def node_records(url: str, token: str | None) -> dict[int, str]:
+    """Every record a node serves, by seq (a page at a time); ``token`` must be an admin's."""
     held: dict[int, str] = {}
-    for channel in _get(url + "/channels"):
+    for channel in _get(url + "/channels", token):
         after = 0
         while True:
-            page = _get(f"{url}/messages?channel={channel['channel']}&after={after}&limit={PAGE}")
+            query = f"channel={channel['channel']}&after={after}&limit={PAGE}"
+            page = _get(f"{url}/messages?{query}", token)
+            if "messages" not in page:
+                raise ValueError(f"{url}/messages: {page.get('error')}: {page.get('detail')}")
             messages = page["messages"]
             if not messages:
                 break
@@ -120,7 +126,9 @@ def first_difference(held: dict[int, str], truth: dict[int, str]) -> int | None:
     return None
 
 
-async def verify(settings: LogSettings, nodes: list[tuple[str, str]], records: bool) -> int:
+async def verify(
+    settings: LogSettings, nodes: list[tuple[str, str]], records: bool, token: str | None = None
+) -> int:
     states = await asyncio.gather(*(asyncio.to_thread(node_state, n, u) for n, u in nodes))
     chatlog = ChatLog(settings, "chat-cluster verify", ARCHIVER)
     try:
@@ -148,7 +156,7 @@ async def verify(settings: LogSettings, nodes: list[tuple[str, str]], records: b
                 continue
             # The digest covers the log's entries; the records a node serves are read and
             # compared one by one (a snapshot signed with the node key but altered, say).
-            held = await asyncio.to_thread(node_records, state.url)
+            held = await asyncio.to_thread(node_records, state.url, token)
             truth = await log_records(chatlog, state.applied, info.max_text)
             seq = first_difference(held, truth)
             if same and seq is None:

@@ -8,6 +8,8 @@ raises LogUnavailable.
 """
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +20,7 @@ from nats.js import api
 from chatlog.connection import Connection, boundary
 from chatlog.errors import LogFull, LogUnavailable, StreamLimitUnknown, StreamMissing
 from chatlog.names import (
+    POLICY_BUCKET,
     SNAPSHOT_STREAM,
     STREAM_NAME,
     SUBJECTS,
@@ -32,6 +35,10 @@ from chatlog.settings import LogSettings
 from chatlog.snapshot_store import SnapshotMeta, SnapshotStore
 from chatlog.stream import StreamSpec, check_log, check_snapshots, max_text_of
 from chatlog.tail import Tail
+
+POLICY_MAX_BYTES = 64 * 1024 * 1024
+POLICY_SHARE = 0.02
+"""Of the account's storage per copy: the log takes 80%, snapshots 15%."""
 
 log = logging.getLogger("chatlog")
 
@@ -85,6 +92,7 @@ class ChatLog:
         """Old connections, closed once what was in flight on them is over."""
         self._reconnects = 0
         self._signing_key = settings.signing_key()
+        self._dedupe_key = settings.dedupe_key()
         self.warned: list[str] = []
         """What the last stream check let pass (not append-only, no byte limit)."""
 
@@ -183,7 +191,34 @@ class ChatLog:
             spec.check(info.config)
             snapshots = await self._ensure(SNAPSHOT_STREAM, spec.snapshot_config(snapshot_bytes))
             check_snapshots(snapshots.config, strict=True)
+            await self._ensure_policy(spec.replicas, account.limits.max_storage or 0)
         return self._info(info)
+
+    async def _ensure_policy(self, replicas: int, account_storage: int) -> None:
+        """The grants bucket beside the log (:mod:`chatlog.policy`), left as it is if there."""
+        js = self._connection().js
+        try:
+            await js.key_value(POLICY_BUCKET)
+            return
+        except nats.js.errors.BucketNotFoundError:
+            pass
+        max_bytes = POLICY_MAX_BYTES
+        if account_storage > 0:
+            max_bytes = min(max_bytes, int(account_storage / replicas * POLICY_SHARE))
+        try:
+            await js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=POLICY_BUCKET,
+                    description="chat-cluster grants (who may read or send where)",
+                    history=1,
+                    storage=api.StorageType.FILE,
+                    replicas=replicas,
+                    max_bytes=max_bytes,
+                )
+            )
+        except nats.js.errors.APIError:
+            await js.key_value(POLICY_BUCKET)  # a concurrent create won
+        log.info("created bucket %s (replicas=%d)", POLICY_BUCKET, replicas)
 
     async def _ensure(self, stream: str, want: api.StreamConfig) -> api.StreamInfo:
         js = self._connection().js
@@ -242,12 +277,20 @@ class ChatLog:
             append_only=bool(config.deny_delete and config.deny_purge),
         )
 
+    def dedupe_id(self, user: str, channel: str, msg_id: str) -> str:
+        """The Nats-Msg-Id of a user's message: the client's id scoped to its sender and
+        channel, so no one can take another user's ids. Keyed with the nodes' secret, so a
+        raw publisher (who may set any Nats-Msg-Id) cannot compute one to squat it."""
+        message = f"{user}\x00{channel}\x00{msg_id}".encode()
+        return hmac.new(self._dedupe_key, message, hashlib.sha256).hexdigest()[:32]
+
     async def publish(
         self, channel: str, payload: bytes, msg_id: str, trace_parent: str | None = None
     ) -> PubAck:
         """Publish a node's message and wait for the PubAck: after it returns, the message is
-        stored (and, with ``sync_interval: always``, on disk). The same ``msg_id`` within
-        the duplicate window returns the first seq with ``duplicate=True``. LogFull: the
+        stored (and, with ``sync_interval: always``, on disk). The same ``msg_id`` (the
+        :meth:`dedupe_id`) within the duplicate window returns the first seq with
+        ``duplicate=True``. LogFull: the
         log is at its byte limit, nothing stored. LogUnavailable promises nothing.
         ``trace_parent`` travels in the message's headers to every replica."""
         subject = node_subject(channel)

@@ -72,3 +72,9 @@ def channel_of(subject: str) -> tuple[str, str] | None:
     if kind not in (NODE, RAW) or not is_channel(name):
         return None
     return name, kind
+
+
+POLICY_BUCKET = "CHAT_POLICY"
+"""Grants (who may read or send where), beside the log, not in it: a KV bucket."""
+POLICY_STREAM = f"KV_{POLICY_BUCKET}"
+POLICY_SUBJECTS = f"$KV.{POLICY_BUCKET}.>"

@@ -34,15 +34,19 @@ class Payload(msgspec.Struct, frozen=True, omit_defaults=True):
     id: MessageId | None = None
     user: UserName | None = None
     sent_at: Timestamp | None = None
+    name: UserName | None = None
+    """The sender's display name, from the token's ``name`` claim (nodes only)."""
 
 
-class Record(msgspec.Struct, frozen=True, gc=False):
-    """A message as every replica serves it."""
+class Record(msgspec.Struct, frozen=True, gc=False, kw_only=True, omit_defaults=True):
+    """A message as every replica serves it. A field added later has a default and is
+    left out while it has it, so records stored before it existed are served unchanged."""
 
     seq: int
     channel: str
     id: str
     user: str
+    name: str | None = None
     text: str
     sent_at: datetime | None
     stored_at: datetime
@@ -81,11 +85,12 @@ def encode_record(record: Record) -> bytes:
     return _encoder.encode(record)
 
 
-class _Fields(msgspec.Struct, frozen=True, gc=False):
+class _Fields(msgspec.Struct, frozen=True, gc=False, kw_only=True, omit_defaults=True):
     """The fields of a :class:`Record` between ``channel`` and ``stored_at``, in its order."""
 
     id: str
     user: str
+    name: str | None = None
     text: str
     sent_at: datetime | None
 
@@ -94,7 +99,9 @@ def compact_record(record: Record) -> tuple[bytes, int]:
     """The record without what a replica holds elsewhere (seq, channel, stored_at): the
     JSON of its other fields without braces, and stored_at in microseconds.
     :func:`expand_record` gives back exactly ``encode_record(record)``."""
-    fields = _Fields(record.id, record.user, record.text, record.sent_at)
+    fields = _Fields(
+        id=record.id, user=record.user, name=record.name, text=record.text, sent_at=record.sent_at
+    )
     stored_us = (record.stored_at - _EPOCH) // timedelta(microseconds=1)
     return _encoder.encode(fields)[1:-1], stored_us
 
@@ -140,11 +147,13 @@ def take(entry: LogEntry, max_text: int) -> Record | Skip:
             if kind == NODE:  # nodes publish JSON objects only
                 return Skip(entry.seq, "bad_schema", str(exc))
             payload = None  # not a JSON object after all: plain text
+    name = None
     if payload is None:
         text, user, msg_id, sent_at = raw_text, RAW_USER, entry.msg_id, None
     else:
         text, msg_id, sent_at = payload.text, payload.id or entry.msg_id, payload.sent_at
         user = (payload.user or ANONYMOUS) if kind == NODE else RAW_USER
+        name = payload.name if kind == NODE else None
     size = len(text.encode("utf-8"))
     if size > max_text:
         return Skip(entry.seq, "oversized", f"text of {size} bytes > {max_text}")
@@ -155,6 +164,7 @@ def take(entry: LogEntry, max_text: int) -> Record | Skip:
         channel=channel,
         id=msg_id or f"nats-{entry.seq}",
         user=user,
+        name=name,
         text=text,
         sent_at=sent_at,
         stored_at=timestamp_from_ns(entry.stored_ns),

@@ -26,7 +26,13 @@ JetStream API too: node credentials are trusted with the log (docs/security.md).
 
 from dataclasses import dataclass
 
-from chatlog.names import SNAPSHOT_STREAM, SNAPSHOT_SUBJECTS, STREAM_NAME
+from chatlog.names import (
+    POLICY_STREAM,
+    POLICY_SUBJECTS,
+    SNAPSHOT_STREAM,
+    SNAPSHOT_SUBJECTS,
+    STREAM_NAME,
+)
 
 NODE = "node"
 ARCHIVER = "archiver"
@@ -84,7 +90,8 @@ def imports(role: str) -> tuple[Import, ...]:
     if role == ARCHIVER:
         return tuple(
             Import(subject, subject.replace(_API, READ_API, 1), ".DIRECT.GET." in subject)
-            for subject in _read(STREAM_NAME)
+            # The log, and the grants (checked on every page and export).
+            for subject in (*_read(STREAM_NAME), *_read(POLICY_STREAM))
         )
     if role == PUBLISHER:
         # `nats pub chat.<channel> ...`: stored as chat.<channel>.raw by the stream.
@@ -106,6 +113,15 @@ def permissions(role: str) -> Permissions | None:
                 f"{_API}.CONSUMER.CREATE.{STREAM_NAME}.>",
                 f"{_API}.CONSUMER.DELETE.{STREAM_NAME}.*",
                 f"$JS.FC.{STREAM_NAME}.>",
+                # Grants: the admin route writes them; every node watches them (an
+                # ordered consumer, whose pending count is read once at start).
+                POLICY_SUBJECTS,
+                *_read(POLICY_STREAM),
+                f"{_API}.CONSUMER.CREATE.{POLICY_STREAM}",
+                f"{_API}.CONSUMER.CREATE.{POLICY_STREAM}.>",
+                f"{_API}.CONSUMER.DELETE.{POLICY_STREAM}.*",
+                f"{_API}.CONSUMER.INFO.{POLICY_STREAM}.*",
+                f"$JS.FC.{POLICY_STREAM}.>",
             ),
             subscribe=(f"{inbox_prefix(NODE)}.>",),
         )

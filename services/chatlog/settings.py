@@ -111,3 +111,10 @@ class LogSettings:
         if secret is None:
             return None
         return hmac.new(secret, b"chat-cluster snapshot signing key v1", hashlib.sha256).digest()
+
+    def dedupe_key(self) -> bytes:
+        """The key of the log's duplicate ids (:meth:`chatlog.ChatLog.dedupe_id`), derived
+        like :meth:`signing_key`; without a secret, a fixed one (anonymous NATS, where
+        anyone may publish anything anyway)."""
+        secret = self.signing_key() or b"chat-cluster without NATS credentials"
+        return hmac.new(secret, b"chat-cluster duplicate ids v1", hashlib.sha256).digest()

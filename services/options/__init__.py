@@ -137,7 +137,7 @@ def _read(field: dataclasses.Field[Any], option: Option, flag_value: Any,
     raw = env.get(option.env) if option.env else None
     if raw is None or raw == "":
         return dataclasses.MISSING
-    if field.type in (bool, "bool"):
+    if field.type in (bool, "bool") and option.parse is str:
         return parse_as(boolean, raw, option.env or field.name)
     return parse_as(option.parse, raw, option.env or field.name)
 

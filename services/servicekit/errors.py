@@ -31,3 +31,13 @@ def problem_of(exc: ServiceError | LogError) -> ServiceError:
     if isinstance(exc, LogRejected | StreamConflict):
         return ServiceError(502, exc.code, exc.detail)
     return ServiceError(500, exc.code, exc.detail)
+
+
+def unauthorized(detail: str) -> ServiceError:
+    """401: no token, or one we cannot accept. The detail names which check failed."""
+    return ServiceError(401, "unauthorized", detail)
+
+
+def forbidden(detail: str) -> ServiceError:
+    """403: a valid token whose holder may not do this."""
+    return ServiceError(403, "forbidden", detail)

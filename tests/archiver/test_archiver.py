@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 
 from chatlog import ChatLog
-from tests.support import NodeProcs, all_messages, get_json, http, said
+from tests.support import NodeProcs, all_messages, bearer, get_json, http, said
 
 
 @pytest.fixture
@@ -16,7 +16,8 @@ def archiver_url(procs: NodeProcs) -> str:
 
 
 def read_export(url: str) -> tuple[str, bytes]:
-    with urllib.request.urlopen(url, timeout=10) as resp:
+    request = urllib.request.Request(url, headers=bearer())
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return resp.headers["content-type"], resp.read()
 
 

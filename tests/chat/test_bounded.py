@@ -7,7 +7,7 @@ from litestar.testing import TestClient
 
 from chat.app import create_app
 from chat_cluster.natsserver import NatsServer
-from tests.support import node_settings, wait_until
+from tests.support import client, node_settings, wait_until
 
 
 def walk(client: TestClient[Any], channel: str, limit: int) -> list[dict[str, Any]]:
@@ -23,15 +23,15 @@ def walk(client: TestClient[Any], channel: str, limit: int) -> list[dict[str, An
 
 def test_bounded_node_answers_like_a_full_one(nats: NatsServer) -> None:
     bounded_app = create_app(node_settings(nats, node_id="bounded", keep_per_channel=100))
-    with TestClient(create_app(node_settings(nats))) as full, TestClient(bounded_app) as bounded:
-        for client in (full, bounded):
-            wait_until(lambda c=client: c.get("/readyz").status_code == 200)
+    with client(create_app(node_settings(nats))) as full, client(bounded_app) as bounded:
+        for each in (full, bounded):
+            wait_until(lambda c=each: c.get("/readyz").status_code == 200)
         last = 0
         for i in range(330):
             resp = full.post("/messages", json={"channel": "a" if i % 5 else "b", "text": f"{i}"})
             last = resp.json()["seq"]
-        for client in (full, bounded):
-            client.get("/messages", params={"min_seq": last})
+        for each in (full, bounded):
+            each.get("/messages", params={"min_seq": last})
         held = bounded_app.state.node.replica.channels["a"]
         assert len(held.seqs) < 264 and held.dropped_through > 0  # it really dropped some
         for channel in ("a", "b"):

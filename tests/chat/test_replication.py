@@ -9,7 +9,7 @@ import websockets
 from chat_cluster.local import Service
 from chat_cluster.natsserver import NatsServer
 from chatlog import ChatLog, StreamSpec
-from tests.support import NodeProcs, all_messages, get_json, http, said, wait_until
+from tests.support import NodeProcs, all_messages, bearer, get_json, http, said, wait_until
 
 
 def history(node: Service, channel: str = "room") -> list[tuple[int, str]]:
@@ -76,7 +76,7 @@ async def test_a_replaced_stream_is_a_new_epoch_everywhere(
     await chatlog.publish("room", said("old log"), "o")
     wait_until(lambda: progress(a)["applied"] == 1)
     old_epoch = progress(a)["epoch"]
-    ws = await websockets.connect(a.url.replace("http", "ws") + "/ws")
+    ws = await websockets.connect(a.url.replace("http", "ws") + "/ws", additional_headers=bearer())
     await ws.send(json.dumps({"op": "join", "channel": "room", "after": 0}))
     assert json.loads(await ws.recv())["epoch"] == old_epoch
     assert json.loads(await ws.recv())["text"] == "old log"

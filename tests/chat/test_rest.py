@@ -5,24 +5,26 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from tests.support import wait_until
+from tests.support import bearer, token, wait_until
 
 Client = TestClient[Any]
 
 
-def post(client: Client, **body: object) -> Any:
-    resp = client.post("/messages", json=body)
+def post(client: Client, headers: dict[str, str] | None = None, **body: object) -> Any:
+    resp = client.post("/messages", json=body, headers=headers)
     assert resp.status_code == 201, resp.text
     return resp.json()
 
 
 def test_post_then_read_back(node: Client) -> None:
-    sent = post(node, channel="room", text="hello", user="ada")
+    ada = bearer(token("ada", send=("room",), name="Ada L."))
+    sent = post(node, ada, channel="room", text="hello")
     assert sent["seq"] == 1 and sent["duplicate"] is False and sent["id"]
     page = node.get("/messages", params={"channel": "room", "min_seq": sent["seq"]}).json()
     assert page["channel"] == "room" and page["last_seq"] >= 1 and page["epoch"]
     [msg] = page["messages"]
     assert (msg["seq"], msg["user"], msg["text"], msg["id"]) == (1, "ada", "hello", sent["id"])
+    assert msg["name"] == "Ada L."
     assert msg["stored_at"].endswith("Z")
 
 

@@ -29,7 +29,7 @@ async def running(nats: NatsServer, name: str, **overrides: object) -> AsyncIter
     """A node's parts without its HTTP side; it saves snapshots only when a test asks."""
     settings = node_settings(nats, node_id=name, snapshot_every=0, **overrides)
     node = Node.create(settings, NoOpMeterProvider().get_meter("test"), tracing=False)
-    node.start()
+    await node.start()
     try:
         await until(lambda: node.follower.ready, what=f"{name} ready")
         yield node

@@ -11,7 +11,7 @@ from typing import Any
 
 import websockets
 
-from tests.support import NodeProcs, http, wait_until
+from tests.support import ADMIN_TOKEN, NodeProcs, bearer, http, wait_until
 
 
 def ws_url(base: str) -> str:
@@ -48,7 +48,7 @@ async def test_post_on_one_node_is_read_on_another(procs: NodeProcs) -> None:
 async def test_client_resumes_on_another_node_without_gap_or_duplicate(procs: NodeProcs) -> None:
     a, b = procs.node("a"), procs.node("b")
     seen: list[int] = []
-    async with websockets.connect(ws_url(a.url)) as ws:
+    async with websockets.connect(ws_url(a.url), additional_headers=bearer()) as ws:
         await join(ws, "room", after=0)
         for i in range(5):
             await ws.send(json.dumps({"op": "send", "channel": "room", "text": f"{i}"}))
@@ -64,7 +64,7 @@ async def test_client_resumes_on_another_node_without_gap_or_duplicate(procs: No
         )
         assert status == 201
         missed.append(sent["seq"])
-    async with websockets.connect(ws_url(b.url)) as ws:
+    async with websockets.connect(ws_url(b.url), additional_headers=bearer()) as ws:
         await join(ws, "room", after=seen[-1])
         got = [(await recv(ws))["seq"] for _ in missed]
     assert got == missed
@@ -94,9 +94,13 @@ class RawClient:
 
     def send_text(self, text: str) -> None:
         data, mask = text.encode(), os.urandom(4)
-        assert len(data) < 126
+        assert len(data) < 65536
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-        self.sock.sendall(bytes([0x81, 0x80 | len(data)]) + mask + masked)
+        if len(data) < 126:
+            header = bytes([0x81, 0x80 | len(data)])
+        else:
+            header = bytes([0x81, 0x80 | 126]) + struct.pack("!H", len(data))
+        self.sock.sendall(header + mask + masked)
 
     def _read(self, n: int) -> bytes:
         out = self.file.read(n)
@@ -123,9 +127,10 @@ class RawClient:
 async def test_slow_client_is_closed_with_1013_and_others_keep_going(procs: NodeProcs) -> None:
     node = procs.node("a", "--ws-queue", "512")
     slow = RawClient(node.port)
+    slow.send_text(json.dumps({"op": "auth", "token": ADMIN_TOKEN}))  # the first frame
     slow.send_text(json.dumps({"op": "join", "channel": "flood", "after": 0}))
-    fast = await websockets.connect(ws_url(node.url))
-    sender = await websockets.connect(ws_url(node.url))
+    fast = await websockets.connect(ws_url(node.url), additional_headers=bearer())
+    sender = await websockets.connect(ws_url(node.url), additional_headers=bearer())
     total = 3000  # 24 MB: more than the kernel buffers between the node and `slow` hold
 
     async def read_all() -> int:
@@ -161,7 +166,7 @@ async def test_slow_client_is_closed_with_1013_and_others_keep_going(procs: Node
 
 async def test_sigterm_closes_websockets_with_1001_and_exits(procs: NodeProcs) -> None:
     node = procs.node("a", "--grace", "5")
-    async with websockets.connect(ws_url(node.url)) as ws:
+    async with websockets.connect(ws_url(node.url), additional_headers=bearer()) as ws:
         await join(ws, "room")
         assert node.proc is not None
         node.proc.send_signal(signal.SIGTERM)

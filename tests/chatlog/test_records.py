@@ -121,6 +121,7 @@ def test_good_channel_names_pass(name: str) -> None:
     text=st.text(min_size=1, max_size=300),
     sent_at=st.none() | st.datetimes(timezones=st.just(UTC)),
     stored_ns=st.integers(min_value=0, max_value=4_000_000_000 * 10**9),
+    name=st.none() | st.text(min_size=1, max_size=20),
 )
 def test_a_compact_record_expands_to_exactly_its_encoding(
     seq: int,
@@ -130,8 +131,18 @@ def test_a_compact_record_expands_to_exactly_its_encoding(
     text: str,
     sent_at: datetime | None,
     stored_ns: int,
+    name: str | None,
 ) -> None:
-    record = Record(seq, channel, ident, user, text, sent_at, timestamp_from_ns(stored_ns))
+    record = Record(
+        seq=seq,
+        channel=channel,
+        id=ident,
+        user=user,
+        name=name,
+        text=text,
+        sent_at=sent_at,
+        stored_at=timestamp_from_ns(stored_ns),
+    )
     fields, stored_us = compact_record(record)
     assert b"\x1e" not in fields  # the snapshot's separator never occurs raw
     assert expand_record(seq, channel_json(channel), fields, stored_us) == (

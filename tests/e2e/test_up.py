@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import threading
@@ -13,9 +14,19 @@ from typing import IO
 
 import pytest
 
+from auth import keys
 from chat_cluster.local import Ports
 from chat_cluster.processes import port_free
-from tests.support import PYTHON, all_messages, get_json, http, nats_cli, status_of, wait_until
+from tests.support import (
+    KEYS_DIR,
+    PYTHON,
+    all_messages,
+    get_json,
+    http,
+    nats_cli,
+    status_of,
+    wait_until,
+)
 
 
 class Up:
@@ -26,6 +37,12 @@ class Up:
 
     def start(self) -> None:
         self.lines = []
+        # `up` keeps a signing key it finds in <data>/auth: give it the tests' own, so the
+        # tests' tokens are good here too.
+        key = self.data / "auth" / keys.SIGNING_KEY
+        if not key.exists():
+            key.parent.mkdir(parents=True, mode=0o700)
+            shutil.copy(KEYS_DIR / keys.SIGNING_KEY, key)
         self.proc = subprocess.Popen(
             [
                 PYTHON,
@@ -122,7 +139,19 @@ def test_walkthrough(up: Up) -> None:
 
     # chat-cluster send and tail talk to the nodes.
     out = subprocess.run(
-        [PYTHON, "-m", "chat_cluster", "send", "--node", up.node(2), "--user", "ada", "via cli"],
+        [
+            PYTHON,
+            "-m",
+            "chat_cluster",
+            "send",
+            "--node",
+            up.node(2),
+            "--data-dir",
+            str(up.data),
+            "--user",
+            "ada",
+            "via cli",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -136,6 +165,8 @@ def test_walkthrough(up: Up) -> None:
             "tail",
             "--node",
             up.node(3),
+            "--data-dir",
+            str(up.data),
             "--after",
             "0",
             "--count",
@@ -145,7 +176,8 @@ def test_walkthrough(up: Up) -> None:
         text=True,
         timeout=30,
     )
-    assert out.stdout.splitlines() == ["[1] anonymous: hello from 1", "[2] ada: via cli"]
+    # The sender is the token's: the tests' admin, then ada (minted by `send` for --user).
+    assert out.stdout.splitlines() == ["[1] test-admin: hello from 1", "[2] ada: via cli"]
 
     # `up` says where /metrics is; `status` reads every service's readiness and metrics
     assert any(f"metrics {up.node(1)}/metrics" in line for line in up.lines)
@@ -277,11 +309,12 @@ def test_up_owns_its_directory_and_the_clients_find_it(tmp_path: Path) -> None:
         sent = cli("send", "--data-dir", str(data), "found you")
         assert sent.returncode == 0 and sent.stdout.startswith("seq=1 "), sent.stderr
         tailed = cli("tail", "--data-dir", str(data), "--after", "0", "--count", "1")
-        assert tailed.stdout.splitlines() == ["[1] anonymous: found you"], tailed.stderr
+        assert tailed.stdout.splitlines() == ["[1] cli: found you"], tailed.stderr
         assert cli("status", "--data-dir", str(data)).returncode == 0
         # A node address without a scheme means http.
         bare = first.node(1).removeprefix("http://")
-        assert cli("send", "--node", bare, "bare").stdout.startswith("seq=2 ")
+        sent = cli("send", "--node", bare, "--data-dir", str(data), "bare")
+        assert sent.stdout.startswith("seq=2 "), sent.stderr
 
         # `down` stops it, and every child with it.
         children = child_pids(data)

@@ -21,7 +21,7 @@ from chat_cluster.processes import free_port
 from chatlog import LogSettings, StreamSpec
 from chatlog.roles import ADMIN, ARCHIVER, NODE, PUBLISHER
 from tests.faults.proxy import Proxies, Proxy
-from tests.support import STORE, auth, wait_until
+from tests.support import AUTH_ENV, STORE, auth, wait_until
 
 
 class Cluster:
@@ -134,7 +134,9 @@ class Cluster:
             "--grace",
             "3",
         ]
-        node = Service(name, args, port, self.workdir / f"{name}.log", env=self.creds.env(NODE))
+        node = Service(
+            name, args, port, self.workdir / f"{name}.log", env={**self.creds.env(NODE), **AUTH_ENV}
+        )
         node.start()
         # The load thread lists live nodes while a scenario adds them: swap in a new dict
         # rather than grow the one it may be iterating.
@@ -153,7 +155,11 @@ class Cluster:
             str(port),
         ]
         self.archiver = Service(
-            "archiver", args, port, self.workdir / "archiver.log", env=self.creds.env(ARCHIVER)
+            "archiver",
+            args,
+            port,
+            self.workdir / "archiver.log",
+            env={**self.creds.env(ARCHIVER), **AUTH_ENV},
         )
         self.archiver.start()
         self.wait_ready(self.archiver)

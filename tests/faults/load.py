@@ -20,6 +20,8 @@ import nats
 import nats.errors
 import websockets
 
+from tests.support import bearer
+
 CHANNELS = [f"c{i}" for i in range(5)]
 RETRY_FOR = 15.0
 """Seconds a client keeps retrying one message (same id, other nodes) before it gives up."""
@@ -84,7 +86,7 @@ class Load:
         return random.choice(others) if others else None
 
     async def _rest(self, w: int) -> None:
-        async with httpx.AsyncClient(timeout=3) as http:
+        async with httpx.AsyncClient(timeout=3, headers=bearer()) as http:
             for k in itertools.count():
                 if not self._running(k):
                     return
@@ -143,7 +145,10 @@ class Load:
                                 continue
                             # A paused node never answers a close: do not wait on it.
                             ws = await websockets.connect(
-                                node.replace("http", "ws") + "/ws", open_timeout=3, close_timeout=1
+                                node.replace("http", "ws") + "/ws",
+                                open_timeout=3,
+                                close_timeout=1,
+                                additional_headers=bearer(),
                             )
                         await ws.send(frame)
                         async with asyncio.timeout(3):

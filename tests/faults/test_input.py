@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from chat_cluster.local import Service
 from chatlog.roles import PUBLISHER
 from tests.faults.load import CHANNELS
-from tests.support import NodeProcs, all_messages, get_json, http, wait_until
+from tests.support import NodeProcs, all_messages, bearer, get_json, http, wait_until
 
 FUZZ = settings(
     max_examples=150,
@@ -62,7 +62,7 @@ def assert_problem(status: int, body: Any) -> None:
 async def test_fuzzed_rest_bodies(procs: NodeProcs) -> None:
     node, other = procs.node("a"), procs.node("b")
     acked: set[str] = set()
-    client = httpx.Client(base_url=node.url, timeout=10)
+    client = httpx.Client(base_url=node.url, timeout=10, headers=bearer())
 
     @FUZZ
     @given(body=frames)
@@ -96,7 +96,7 @@ async def test_fuzzed_websocket_frames(procs: NodeProcs) -> None:
         examples.append(frame)
 
     collect()
-    ws = await websockets.connect(url)
+    ws = await websockets.connect(url, additional_headers=bearer())
     try:
         for frame in examples:
             try:
@@ -106,7 +106,7 @@ async def test_fuzzed_websocket_frames(procs: NodeProcs) -> None:
             except websockets.ConnectionClosed as exc:
                 assert exc.rcvd is not None
                 closes.append(exc.rcvd.code)
-                ws = await websockets.connect(url)
+                ws = await websockets.connect(url, additional_headers=bearer())
                 continue
             assert answer["op"] in {"error", "ack", "joined", "left"}, answer
             if answer["op"] == "error":

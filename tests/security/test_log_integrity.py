@@ -18,7 +18,6 @@ import msgspec
 import nats as nats_client
 import nkeys
 import pytest
-from litestar.testing import TestClient
 from nats.aio.client import Client
 from nats.errors import NoServersError
 from nats.errors import TimeoutError as NoAnswer
@@ -32,9 +31,11 @@ from chatlog import ChatLog, StreamSpec
 from chatlog.names import SNAPSHOT_MANIFEST, SNAPSHOT_STREAM, STREAM_NAME
 from chatlog.roles import ADMIN, ARCHIVER, NODE, PUBLISHER, READ_API, inbox_prefix
 from tests.support import (
+    ADMIN_TOKEN,
     PYTHON,
     NodeProcs,
     all_messages,
+    client,
     ensure_streams,
     get_json,
     http,
@@ -278,6 +279,7 @@ def verify(
 ) -> subprocess.CompletedProcess[str]:
     assert nats.creds is not None
     env = {**os.environ, **nats.creds.env(ARCHIVER), "NATS_URL": nats.config.url}
+    env["CHAT_TOKEN"] = ADMIN_TOKEN
     return subprocess.run(
         [PYTHON, "-m", "chat_cluster", "verify", "--nodes", ",".join(procs_nodes), *extra],
         capture_output=True,
@@ -390,7 +392,7 @@ async def test_a_full_log_refuses_at_once_loses_nothing_and_recovers_when_raised
     bare_nats: NatsServer,
 ) -> None:
     await ensure_streams(bare_nats, max_bytes=6_000, snapshot_max_bytes=100_000)
-    with TestClient(create_app(node_settings(bare_nats))) as node:
+    with client(create_app(node_settings(bare_nats))) as node:
         wait_until(lambda: node.get("/readyz").status_code == 200, what="ready")
         acked: list[int] = []
         refused = None
@@ -493,7 +495,7 @@ async def test_a_log_that_lost_its_head_is_rebuilt_once_not_for_ever(
     writer = await open_log(bare_nats, NODE)
     settings = node_settings(bare_nats, audit_interval=0.05, diverge_after=0.3, snapshot_every=0)
     try:
-        with TestClient(create_app(settings)) as node:
+        with client(create_app(settings)) as node:
             wait_until(lambda: node.get("/readyz").status_code == 200, what="ready")
             for i in range(20):
                 await writer.publish("room", said(f"m{i}"), f"m{i}")
@@ -581,7 +583,7 @@ async def test_a_log_that_stops_answering_is_reported_and_sends_fail_at_once(
     """A nats-server whose disk is full answers no publish at all (docs/full-disk.md): a
     paused one behaves the same to a client for a few seconds. After three sends without
     an answer, the node says so and answers sends at once instead of after the timeout."""
-    with TestClient(create_app(node_settings(nats))) as node:
+    with client(create_app(node_settings(nats))) as node:
         wait_until(lambda: node.get("/readyz").status_code == 200, what="ready")
         assert node.post("/messages", json={"text": "before"}).status_code == 201
         nats.signal(signal.SIGSTOP)

@@ -27,7 +27,7 @@ from chat.node import Node
 from chat_cluster.natsserver import NatsServer
 from chatlog import ChatLog
 from chatlog.roles import ARCHIVER, NODE
-from tests.support import log_settings, node_settings, said, until, wait_until
+from tests.support import AUTH, client, log_settings, node_settings, said, until, wait_until
 
 _exporter = InMemorySpanExporter()
 
@@ -82,7 +82,7 @@ def test_a_send_on_node_a_and_its_apply_on_node_b_are_one_trace(
 ) -> None:
     app_a = create_app(node_settings(nats, node_id="a"))
     app_b = create_app(node_settings(nats, node_id="b"))
-    with TestClient(app_a) as a, TestClient(app_b) as b:
+    with client(app_a) as a, client(app_b) as b:
         ready(a)
         ready(b)
         seq = a.post("/messages", json={"text": "traced", "channel": "t"}).json()["seq"]
@@ -120,7 +120,7 @@ def test_a_send_on_node_a_and_its_apply_on_node_b_are_one_trace(
         assert apply.context.trace_id == send.context.trace_id
 
     # a node that starts later replays both messages without a span for either
-    with TestClient(create_app(node_settings(nats, node_id="late"))) as late:
+    with client(create_app(node_settings(nats, node_id="late"))) as late:
         ready(late)
         assert (
             late.get("/messages", params={"channel": "t"}).json()["messages"][-1]["seq"]
@@ -132,7 +132,7 @@ def test_a_send_on_node_a_and_its_apply_on_node_b_are_one_trace(
 
 
 def test_metrics_parse_and_count_known_traffic(nats: NatsServer, chatlog: ChatLog) -> None:
-    with TestClient(create_app(node_settings(nats, node_id="m"))) as node:
+    with client(create_app(node_settings(nats, node_id="m"))) as node:
         ready(node)
         for i in range(7):
             node.post("/messages", json={"text": f"m{i}", "channel": "a"}).json()["seq"]
@@ -182,8 +182,8 @@ async def _publish_poison(nats: NatsServer) -> None:
 
 
 def test_the_archiver_serves_metrics_by_route(nats: NatsServer, chatlog: ChatLog) -> None:
-    settings = ArchiverSettings(log=log_settings(nats, ARCHIVER))
-    with TestClient(create_archiver(settings)) as archiver:
+    settings = ArchiverSettings(log=log_settings(nats, ARCHIVER), auth=AUTH)
+    with client(create_archiver(settings)) as archiver:
         wait_until(lambda: archiver.get("/readyz").status_code == 200, what="archiver ready")
         for _ in range(3):
             assert archiver.get("/messages/default-channel").status_code == 200
