@@ -105,7 +105,7 @@ def chart(session: nox.Session) -> None:
     helm = str(build_helm(session))
     chart_dir = "deploy/helm/chat-cluster"
     for values in (
-        [],
+        ["--set", "auth.jwksSecret=chat-jwks"],  # the one value without a default
         ["-f", f"{chart_dir}/ci/all-options.yaml"],
         ["-f", f"{chart_dir}/ci/minimal.yaml"],
     ):

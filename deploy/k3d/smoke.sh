@@ -9,6 +9,10 @@ RELEASE="${RELEASE:-chat-cluster}"
 NAMESPACE="${NAMESPACE:-default}"
 BASE="${BASE:-http://localhost:8081}"
 TEXT="smoke $(date +%s)-$$"
+# `chat-cluster` (e.g. .nox/up/bin/chat-cluster) makes the token key and signs tokens.
+CHAT_CLUSTER="${CHAT_CLUSTER:-chat-cluster}"
+KEYS="$(mktemp -d)"
+trap 'rm -rf "${KEYS}"' EXIT
 
 fail() { echo "smoke.sh: FAIL: $*" >&2; exit 1; }
 step() { echo "== $*"; }
@@ -23,11 +27,19 @@ retry() {
   done
 }
 
-has_text() { curl -fsS "$1" | grep -q "\"text\":\"${TEXT}\""; }
+has_text() { curl -fsS -H "${AUTH}" "$1" | grep -q "\"text\":\"${TEXT}\""; }
+
+step "a token key: its JWKS as a Secret, its private half stays here"
+"${CHAT_CLUSTER}" keygen --data-dir "${KEYS}" >/dev/null
+kubectl -n "${NAMESPACE}" create secret generic "${RELEASE}-jwks" \
+  --from-file=jwks.json="${KEYS}/auth/jwks.json" --dry-run=client -o yaml | kubectl apply -f -
+TOKEN="$("${CHAT_CLUSTER}" token --data-dir "${KEYS}" --user smoke --read '*' --send '*' --ttl 1h)"
+AUTH="Authorization: Bearer ${TOKEN}"
 
 step "install"
 helm upgrade --install "${RELEASE}" "${ROOT}/deploy/helm/chat-cluster" \
-  --namespace "${NAMESPACE}" -f "${HERE}/images.values.yaml" --wait --timeout 10m
+  --namespace "${NAMESPACE}" -f "${HERE}/images.values.yaml" \
+  --set "auth.jwksSecret=${RELEASE}-jwks" --wait --timeout 10m
 kubectl -n "${NAMESPACE}" rollout status "deployment/${RELEASE}-chat" --timeout 5m
 
 # The Secret with the NATS passwords: the chart's own, or nats.auth.existingSecret.
@@ -69,8 +81,12 @@ retry 30 has_text "${BASE}/chat/messages" || fail "/chat/messages does not show 
 retry 30 has_text "${BASE}/archiver/messages/default-channel" \
   || fail "/archiver/messages/default-channel does not show the message"
 
+step "no token: 401"
+[[ "$(curl -s -o /dev/null -w '%{http_code}' "${BASE}/chat/messages")" == 401 ]] \
+  || fail "a read without a token was not refused"
+
 step "send through the REST API"
-curl -fsS -X POST "${BASE}/chat/messages" -H 'content-type: application/json' \
+curl -fsS -X POST "${BASE}/chat/messages" -H 'content-type: application/json' -H "${AUTH}" \
   -d "{\"text\": \"${TEXT} via REST\", \"id\": \"smoke-$$\"}" >/dev/null || fail "POST /chat/messages"
 
 step "kubectl rollout restart of the chat Deployment"
@@ -81,6 +97,6 @@ step "read again from the new pods"
 for _ in 1 2 3 4 5 6; do  # several requests: the Service spreads them over the pods
   has_text "${BASE}/chat/messages" || fail "a restarted pod does not serve the message"
 done
-curl -fsS "${BASE}/chat/messages" | grep -q "${TEXT} via REST" \
+curl -fsS -H "${AUTH}" "${BASE}/chat/messages" | grep -q "${TEXT} via REST" \
   || fail "a restarted pod does not serve the REST message"
 echo "smoke.sh: OK"

@@ -1,5 +1,5 @@
-"""``chat-cluster``: up, down, status, node, archiver, ensure-stream, verify, creds, token,
-grant, revoke, send, tail, nats-server.
+"""``chat-cluster``: up, down, status, node, archiver, ensure-stream, verify, creds, keygen,
+token, grant, revoke, send, tail, nats-server.
 
 Every flag of the services comes from their settings dataclasses (:mod:`options`):
 ``--help`` shows each default and its environment variable.
@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     token.add_argument("--admin", action="store_true", help="every channel, and grants")
 
+    command(
+        "keygen",
+        "generate an Ed25519 token signing key and its JWKS in <data-dir>/auth (kept if "
+        "there); give the JWKS to the services (JWKS_FILE, the chart's auth.jwksSecret)",
+        DirSettings,
+    )
+
     for name, what in (("grant", "give"), ("revoke", "take back")):
         cmd = command(
             name,
@@ -203,6 +210,13 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return asyncio.run(client.tail(settings, args.after, args.count, args.json))
     if command == "nats-server":
         return _nats_server(args)
+    if command == "keygen":
+        from auth import keys
+
+        directory = Path(options.build(DirSettings, args, env).data_dir) / "auth"
+        keys.generate(directory)
+        print(directory / keys.JWKS)
+        return 0
     if command == "token":
         return _token(options.build(TokenSettings, args, env), args)
     if command in ("grant", "revoke"):

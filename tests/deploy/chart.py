@@ -23,7 +23,7 @@ from chat_cluster.processes import free_port
 from chatlog.roles import ROLES
 from tests.deploy import natsconf
 from tests.deploy.certs import Ca
-from tests.support import ROOT
+from tests.support import JWKS_FILE, ROOT
 
 CHART = ROOT / "deploy" / "helm" / "chat-cluster"
 VALUES = {
@@ -50,11 +50,17 @@ KUBERNETES = "1.37.0"
 """The newest Kubernetes kubernetes-validate knows (helm built from source assumes 1.20)."""
 
 
+JWKS_SECRET = "chat-jwks"
+"""The JWKS Secret the default render names (an operator's, like the chart's others)."""
+
+
 def render(values: Path | None = None, kubernetes: str = KUBERNETES) -> list[Manifest]:
     args = [helm(), "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
     args += ["--kube-version", kubernetes]
     if values is not None:
         args += ["-f", str(values)]
+    else:  # the defaults, and the one value the chart cannot default: a token key source
+        args += ["--set", f"auth.jwksSecret={JWKS_SECRET}"]
     out = subprocess.run(args, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
@@ -260,7 +266,8 @@ def password() -> str:
 @functools.cache
 def given(values: str) -> dict[str, dict[str, str]]:
     """The Secrets an operator creates before installing with these values: the NATS
-    credentials (``nats.auth.existingSecret``) and the TLS Secrets, with a test CA."""
+    credentials (``nats.auth.existingSecret``), the TLS Secrets, with a test CA, and the
+    token keys (the tests' JWKS)."""
     path = VALUES[values]
     settings = yaml.safe_load(path.read_text()) if path is not None else {}
     nats = settings.get("nats", {})
@@ -268,6 +275,11 @@ def given(values: str) -> dict[str, dict[str, str]]:
     existing = nats.get("auth", {}).get("existingSecret")
     if existing:
         made[existing] = {key: password() for key in (*ROLES, "route")}
+    auth = settings.get("auth", {"jwksSecret": JWKS_SECRET})  # the default render's
+    if auth.get("jwksSecret"):
+        made[auth["jwksSecret"]] = {"jwks.json": JWKS_FILE.read_text()}
+    if auth.get("hs256Secret"):
+        made[auth["hs256Secret"]] = {"hs256-secret": password() + password()}
     tls = nats.get("tls", {})
     if tls.get("enabled"):
         ca = Ca.make("chat-cluster test CA")

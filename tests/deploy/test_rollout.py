@@ -29,11 +29,13 @@ from chat_cluster.local import Service
 from chat_cluster.natsserver import Auth, NatsServer
 from chatlog.roles import ARCHIVER, NODE, PUBLISHER, ROLES, inbox_prefix
 from tests.deploy.chart import (
+    JWKS_SECRET,
     RELEASE,
     ChartNode,
     ChartProcess,
     container,
     env_of,
+    given,
     nats_pod,
     one,
     render,
@@ -42,7 +44,7 @@ from tests.deploy.chart import (
 from tests.faults.checker import check
 from tests.faults.harness import Cluster, monitor
 from tests.faults.load import CHANNELS, Attempt, Load
-from tests.support import STORE, all_messages, wait_until
+from tests.support import JWKS_FILE, STORE, all_messages, bearer, wait_until
 
 pytestmark = pytest.mark.chart
 
@@ -105,7 +107,9 @@ class Resumer:
                 continue
             with contextlib.suppress(OSError, websockets.WebSocketException, TimeoutError):
                 url = live[self.resumes % len(live)].url.replace("http", "ws") + "/ws"
-                async with websockets.connect(url, open_timeout=3, close_timeout=1) as ws:
+                async with websockets.connect(
+                    url, open_timeout=3, close_timeout=1, additional_headers=bearer()
+                ) as ws:
                     after = self.seqs[-1] if self.seqs else 0
                     await ws.send(
                         json.dumps({"op": "join", "channel": self.channel, "after": after})
@@ -124,10 +128,12 @@ async def test_rolling_update_as_the_chart_does_it(
     nats_bin: Path, tmp_path: Path, creds: Credentials
 ) -> None:
     manifests = render()
-    secrets = secrets_of(manifests)
-    chat = container(one(manifests, "Deployment", f"{RELEASE}-chat"))
-    env = env_of(chat, secrets)
-    archiver_box = container(one(manifests, "Deployment", f"{RELEASE}-archiver"))
+    secrets = secrets_of(manifests, given("default"))
+    chat_pod = one(manifests, "Deployment", f"{RELEASE}-chat")
+    chat = container(chat_pod)
+    env = with_jwks(chat_pod, env_of(chat, secrets))
+    archiver_pod = one(manifests, "Deployment", f"{RELEASE}-archiver")
+    archiver_box = container(archiver_pod)
     job_box = container(one(manifests, "Job", f"{RELEASE}-ensure-stream"))
     job_env = env_of(job_box, secrets)
     passwords = secrets[_credentials_secret(chat)]
@@ -184,7 +190,7 @@ async def test_rolling_update_as_the_chart_does_it(
         archiver = ChartProcess(
             "archiver",
             archiver_box["command"],
-            {**env_of(archiver_box, secrets), **local},
+            {**with_jwks(archiver_pod, env_of(archiver_box, secrets)), **local},
             tmp_path,
         )
         archiver.start()
@@ -263,6 +269,17 @@ async def test_rolling_update_as_the_chart_does_it(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def with_jwks(pod: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
+    """The pod's JWKS_FILE is its mount of the JWKS Secret: here, the tests' JWKS (what
+    the Secret would hold), after checking the chart wires that Secret to that path."""
+    spec = pod["spec"]["template"]["spec"]
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "jwks")
+    volume = next(v for v in spec["volumes"] if v["name"] == "jwks")
+    assert env["AUTH"] == "jwt" and volume["secret"]["secretName"] == JWKS_SECRET
+    assert env["JWKS_FILE"] == mount["mountPath"] + "/jwks.json" and mount["readOnly"]
+    return {**env, "JWKS_FILE": str(JWKS_FILE)}
 
 
 def _credentials_secret(chat: dict[str, Any]) -> str:

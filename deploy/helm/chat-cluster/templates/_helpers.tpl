@@ -177,3 +177,64 @@ dependent variable syntax: the kubelet fills it in from the env var above it. */
 {{- end -}}
 [{{ join ", " $urls }}]
 {{- end -}}
+
+{{/* User tokens: the services' AUTH_* settings and the JWKS Secret's mount. */}}
+{{- define "chat-cluster.authEnv" -}}
+{{- $auth := .Values.auth -}}
+{{- if not (has $auth.mode (list "jwt" "none")) }}
+{{- fail (printf "auth.mode must be jwt or none, not %q" $auth.mode) }}
+{{- end }}
+- name: AUTH
+  value: {{ $auth.mode | quote }}
+{{- if eq $auth.mode "jwt" }}
+{{- if not (or $auth.jwksUrl $auth.jwksSecret $auth.hs256Secret) }}
+{{- fail "auth.mode jwt needs a key source: auth.jwksUrl, auth.jwksSecret or auth.hs256Secret (or auth.mode: none, anonymous)" }}
+{{- end }}
+{{- with $auth.jwksUrl }}
+- name: JWKS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- if $auth.jwksSecret }}
+- name: JWKS_FILE
+  value: /etc/chat-cluster/jwks/jwks.json
+{{- end }}
+{{- with $auth.hs256Secret }}
+- name: AUTH_HS256_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: hs256-secret
+{{- end }}
+{{- with $auth.audience }}
+- name: AUTH_AUDIENCE
+  value: {{ . | quote }}
+{{- end }}
+{{- with $auth.issuer }}
+- name: AUTH_ISSUER
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- with $auth.allowedOrigins }}
+- name: ALLOWED_ORIGINS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "chat-cluster.authMounts" -}}
+{{- if and (eq .Values.auth.mode "jwt") .Values.auth.jwksSecret }}
+- name: jwks
+  mountPath: /etc/chat-cluster/jwks
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "chat-cluster.authVolumes" -}}
+{{- if and (eq .Values.auth.mode "jwt") .Values.auth.jwksSecret }}
+- name: jwks
+  secret:
+    secretName: {{ .Values.auth.jwksSecret }}
+    items:
+      - key: jwks.json
+        path: jwks.json
+{{- end }}
+{{- end -}}
