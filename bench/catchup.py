@@ -19,7 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench.common import BenchNats, start_nats
+from auth import keys
+from bench.common import KEYS, BenchNats, start_nats
 from chat_cluster.natsserver import checked_binary
 from chat_cluster.processes import free_port
 
@@ -48,7 +49,7 @@ def time_node_ready(server: BenchNats) -> float:
             str(port),
         ],
         stderr=subprocess.DEVNULL,
-        env={**os.environ, **server.env()},
+        env={**os.environ, **server.env(), "AUTH": "jwt", "JWKS_FILE": str(KEYS / keys.JWKS)},
     )
     try:
         while not ready(f"http://127.0.0.1:{port}/readyz"):

@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from auth import keys
 from chat_cluster.admin import ensure_stream
 from chat_cluster.credentials import Credentials
 from chat_cluster.local import is_ready
@@ -20,6 +21,17 @@ from chatlog import ChatLog, LogSettings, StreamSpec
 from chatlog.roles import ADMIN, NODE
 
 RESULTS = Path(__file__).parent / "results"
+
+# User tokens, as in production: one signing key for the run, every node verifies.
+KEYS = Path(tempfile.mkdtemp(prefix="chat-bench-keys-"))
+_SIGNING = keys.load(keys.generate(KEYS))
+TOKEN = keys.mint(_SIGNING, "bench", ttl=24 * 3600, admin=True)
+HEADERS = {"authorization": f"Bearer {TOKEN}"}
+"""For every WebSocket handshake and REST request of the benchmarks."""
+
+
+def user_token(user: str) -> str:
+    return keys.mint(_SIGNING, user, ttl=24 * 3600, read=("*",), send=("*",))
 
 
 @dataclass
@@ -118,9 +130,17 @@ def raise_fd_limit() -> int:
 class NodeProc:
     """A chat node started the way users start it; children inherit our fd limit."""
 
-    def __init__(self, nats: BenchNats, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        nats: BenchNats,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        users: bool = True,
+    ) -> None:
+        """``users`` False: ``AUTH=none``, for the figures that measure what tokens cost."""
         nats_url = nats.url
-        env = {**nats.env(NODE), **(env or {})}
+        tokens = {"AUTH": "jwt", "JWKS_FILE": str(KEYS / keys.JWKS)} if users else {"AUTH": "none"}
+        env = {**nats.env(NODE), **tokens, **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(

@@ -21,9 +21,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import nats
 import websockets
+
+from chat_cluster.settings import minted
 
 
 def wait_up(proc: subprocess.Popen[str]) -> None:
@@ -34,8 +37,9 @@ def wait_up(proc: subprocess.Popen[str]) -> None:
     raise SystemExit("chat-cluster up did not start")
 
 
-def archived_texts(url: str) -> list[str]:
-    with urllib.request.urlopen(f"{url}?after=0&limit=1000") as resp:
+def archived_texts(url: str, headers: dict[str, str]) -> list[str]:
+    request = urllib.request.Request(f"{url}?after=0&limit=1000", headers=headers)
+    with urllib.request.urlopen(request) as resp:
         return [m["text"] for m in json.loads(resp.read())["messages"]]
 
 
@@ -54,10 +58,12 @@ async def main(count: int) -> None:
     up = start_up(base, data)
     try:
         wait_up(up)
+        token = minted(Path(data), "bench", admin=True)  # with the key `up` made there
+        headers = {"authorization": f"Bearer {token}"}
         nodes = [f"ws://127.0.0.1:{base + i}/ws" for i in (1, 2, 3)]
         archiver = f"http://127.0.0.1:{base + 100}/messages/bench"
         arrivals: dict[int, list[float]] = {}
-        sockets = [await websockets.connect(url) for url in nodes]
+        sockets = [await websockets.connect(url, additional_headers=headers) for url in nodes]
         for ws in sockets:
             await ws.send(json.dumps({"op": "join", "channel": "bench", "after": 0}))
             assert json.loads(await ws.recv())["op"] == "joined"
@@ -81,7 +87,7 @@ async def main(count: int) -> None:
             seen_archiver = None
             while seen_archiver is None or len(arrivals.get(i, [])) < 3:
                 if seen_archiver is None:
-                    texts = await asyncio.to_thread(archived_texts, archiver)
+                    texts = await asyncio.to_thread(archived_texts, archiver, headers)
                     if str(i) in texts:
                         seen_archiver = time.perf_counter()
                 await asyncio.sleep(0.005)

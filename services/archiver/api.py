@@ -12,7 +12,14 @@ from litestar.response import Stream
 from archiver.reader import Reader
 from chatlog import LogError, check_channel
 from servicekit.errors import problem_of
-from servicekit.shapes import PAGE_DEFAULT, PAGE_MAX, ChannelInfo, MessagesPage, Problem
+from servicekit.shapes import (
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    SEQ_MAX,
+    ChannelInfo,
+    MessagesPage,
+    Problem,
+)
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -48,7 +55,7 @@ async def channel_messages(
     request: Request[Any, Any, State],
     state: State,
     channel: FromPath[str],
-    after: Annotated[int, QueryParameter(ge=0)] = 0,
+    after: Annotated[int, QueryParameter(ge=0, le=SEQ_MAX)] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
 ) -> MessagesPage:
     reader: Reader = state.reader

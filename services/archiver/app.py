@@ -47,5 +47,6 @@ def create_app(settings: ArchiverSettings, telemetry_: Telemetry | None = None) 
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=cors(settings.auth),
+        openapi_config=None,  # no schema served: nothing to read before a token
         logging_config=None,
     )

@@ -11,13 +11,14 @@ grants kept beside the log (:mod:`auth.grants`) add exact channels per user.
 
 import functools
 import re
+import unicodedata
 from collections.abc import Iterable
 from typing import Annotated
 
 import msgspec
 
 UserName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Pattern = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_*-]+$")]
+Pattern = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_*-]+\Z")]
 
 
 class ChatClaims(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -80,6 +81,12 @@ class Identity:
 
     @classmethod
     def of(cls, claims: Claims) -> "Identity":
+        """Raises ValueError for names that would mislead readers of the history."""
+        for what, value in (("sub", claims.sub), ("name", claims.name)):
+            if value is not None and any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
+                raise ValueError(f"{what} holds control or formatting characters")
+        if claims.sub in RESERVED:
+            raise ValueError(f"sub {claims.sub!r} is reserved (it names raw or anonymous sends)")
         return cls(
             claims.sub,
             claims.name,
@@ -95,4 +102,7 @@ class Identity:
 
 
 ANONYMOUS = Identity(None, admin=True)
+
+RESERVED = frozenset({"nats", "anonymous"})
+"""Users the log itself names (chatlog.records): no token may be one of them."""
 """Everyone, in ``--no-auth`` mode."""

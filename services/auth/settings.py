@@ -58,6 +58,11 @@ class AuthSettings:
         5.0, flag="--auth-leeway", env="AUTH_LEEWAY", parse=non_negative_float,
         help="seconds of clock skew allowed on exp, nbf and iat",
     )  # fmt: skip
+    max_lifetime: float = setting(
+        86400.0, flag="--auth-max-lifetime", env="AUTH_MAX_LIFETIME", parse=positive_float,
+        help="seconds a token may still be valid when presented; longer-lived ones are "
+        "refused (a leaked key's tokens must not outlive its rotation by much)",
+    )  # fmt: skip
     jwks_refresh: float = setting(
         300.0, flag="--jwks-refresh", env="JWKS_REFRESH", parse=positive_float,
         help="seconds between re-reads of the JWKS file or URL",

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ log = logging.getLogger("auth")
 ASYMMETRIC = ("EdDSA", "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384")
 HS256 = "HS256"
 MIN_SECRET = 32
+MAX_TOKEN = 8192
+"""Longer tokens are refused before they are parsed."""
 
 
 class KeySet:
@@ -99,6 +102,8 @@ class Verifier:
         self.verified = 0
         self.refused = 0
         self.cache_hits = 0
+        self.on_change: list[Callable[[], None]] = []
+        """Called (on the event loop) after the key set changed: open sockets re-verify."""
 
     def load(self) -> bool:
         """Read the key set (blocking I/O: call in a thread from the event loop). True when
@@ -156,6 +161,8 @@ class Verifier:
         return identity
 
     async def _verify(self, token: str) -> Identity:
+        if len(token) > MAX_TOKEN:
+            raise unauthorized(f"the token is longer than {MAX_TOKEN} characters")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -168,10 +175,10 @@ class Verifier:
             raise unauthorized("kid must be a string")
         key = self._key_for(alg, kid)
         if key is None and self.has_remote_keys and self._may_reload():
-            await asyncio.to_thread(self._reload_quietly)
+            await self.reload()
             key = self._key_for(alg, kid)
         if key is None:
-            raise unauthorized(f"unknown key id {kid!r}")
+            raise unauthorized(f"unknown key id {(kid[:64] if kid else kid)!r}")
         settings = self.settings
         try:
             raw = jwt.decode(
@@ -197,21 +204,34 @@ class Verifier:
             raise unauthorized(f"the token is not acceptable: {exc}") from exc
         try:
             claims = msgspec.convert(raw, Claims)
-        except msgspec.ValidationError as exc:
+            lifetime = claims.exp - time.time()
+            if lifetime > settings.max_lifetime:
+                raise ValueError(
+                    f"it is valid for {lifetime:.0f}s, more than the {settings.max_lifetime:.0f}s "
+                    "accepted (AUTH_MAX_LIFETIME)"
+                )
+            return Identity.of(claims)
+        except (msgspec.ValidationError, ValueError) as exc:
             raise unauthorized(f"the token's claims: {exc}") from exc
-        return Identity.of(claims)
 
     def _may_reload(self) -> bool:
         return time.monotonic() - self._last_load >= self.settings.unknown_kid_every
 
-    def _reload_quietly(self) -> None:
+    def _reload_quietly(self) -> bool:
         try:
-            self.load()
+            return self.load()
         except ConfigError as exc:
             log.warning("token keys not re-read: %s", exc)
+            return False
+
+    async def reload(self) -> None:
+        """Re-read the key set; tell ``on_change`` when it changed."""
+        if await asyncio.to_thread(self._reload_quietly):
+            for callback in self.on_change:
+                callback()
 
     async def refresh_forever(self) -> None:
         """Re-read the key set every ``jwks_refresh`` seconds (a background task)."""
         while True:
             await asyncio.sleep(self.settings.jwks_refresh)
-            await asyncio.to_thread(self._reload_quietly)
+            await self.reload()

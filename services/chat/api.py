@@ -13,13 +13,14 @@ from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from auth import Gate
+from auth.web import bearer
 from chat import history
 from chat.node import Node
 from chat.wire import GrantView, Progress, SendResult, encode_text, grant_decoder, send_decoder
 from chat.ws import CLOSE_GOING_AWAY, CLOSE_UNAUTHORIZED, Session, error_frame
 from chatlog import DEFAULT_CHANNEL, check_channel
 from servicekit.errors import ServiceError, bad_request
-from servicekit.shapes import PAGE_DEFAULT, PAGE_MAX, ChannelInfo, MessagesPage
+from servicekit.shapes import PAGE_DEFAULT, PAGE_MAX, SEQ_MAX, ChannelInfo, MessagesPage
 
 
 def _progress(node: Node, status: str) -> Progress:
@@ -74,9 +75,9 @@ async def list_messages(
     request: Request[object, object, State],
     state: State,
     channel: FromQuery[str] = DEFAULT_CHANNEL,
-    after: Annotated[int, QueryParameter(ge=0)] = 0,
+    after: Annotated[int, QueryParameter(ge=0, le=SEQ_MAX)] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
-    min_seq: Annotated[int | None, QueryParameter(ge=0)] = None,
+    min_seq: Annotated[int | None, QueryParameter(ge=0, le=SEQ_MAX)] = None,
 ) -> MessagesPage:
     node: Node = state.node
     replica = node.replica
@@ -109,8 +110,8 @@ async def send_message(request: Request[object, object, State], state: State) ->
         req = send_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise bad_request("invalid_field", str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise bad_request("invalid_json", "body is not a JSON object") from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise bad_request("invalid_json", "body is not a JSON object in UTF-8") from exc
     node: Node = state.node
     return await node.writer.send(who, req.channel, req.text, req.id, req.user, req.sent_at)
 
@@ -146,7 +147,7 @@ async def put_grant(
         grant = grant_decoder.decode(await request.body())
     except msgspec.ValidationError as exc:
         raise bad_request("invalid_field", str(exc)) from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise bad_request("invalid_json", 'body is like {"read": true, "send": false}') from exc
     await node.policy.put(_user(user), channel, grant)
     return GrantView(user=user, channel=channel, read=grant.read, send=grant.send)
@@ -204,6 +205,7 @@ async def ws_endpoint(socket: WebSocket[object, object, State]) -> None:
     token = socket.query_params.get("token")
     if token is not None or "authorization" in socket.headers or not gate.enabled:
         try:
+            token = token or bearer(socket.headers)
             identity = await gate.identify(socket.headers, token)
         except ServiceError as exc:
             await socket.send_text(encode_text(error_frame(exc, None)))
@@ -219,6 +221,7 @@ async def ws_endpoint(socket: WebSocket[object, object, State]) -> None:
         gate,
         hub,
         identity,
+        token,
     )
     hub.sessions.add(session)
     try:

@@ -50,6 +50,7 @@ def create_app(settings: NodeSettings, telemetry_: Telemetry | None = None) -> L
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=cors(settings.auth),
+        openapi_config=None,  # no schema served: nothing to read before a token
         logging_config=None,
         debug=False,
     )

@@ -76,6 +76,8 @@ class Node:
 
     async def start(self) -> None:
         await self.gate.start()
+        if self.gate.verifier is not None:
+            self.gate.verifier.on_change.append(self.hub.keys_changed)
         self.background.start("follower", self.follower.run())
         if self.gate.enabled:
             self.background.start("grants", self.policy.run())

@@ -107,12 +107,15 @@ class Session:
         gate: Gate,
         hub: "Hub",
         identity: Identity | None,
+        token: str | None = None,
     ) -> None:
         self._ws = socket
         self._gate = gate
         self._hub = hub
         self.identity: Identity | None = None
         """Who this socket is; None until its token is accepted."""
+        self.token = token
+        """The token ``identity`` came from (verified again when the keys change)."""
         self._timers: list[asyncio.TimerHandle] = []
         self._stats = stats
         self._chatlog = chatlog
@@ -317,7 +320,7 @@ class Session:
         except msgspec.ValidationError as exc:
             self._bad(ErrorFrame(code="invalid_frame", detail=str(exc)))
             return
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             self._bad(ErrorFrame(code="invalid_json", detail="frame is not a JSON object"))
             return
         try:
@@ -342,6 +345,16 @@ class Session:
             return
         self._bad_in_a_row = 0
 
+    async def reverify(self) -> None:
+        """The key set changed: a token whose key left it no longer admits this socket."""
+        if self.identity is None or self.token is None or self._close is not None:
+            return
+        try:
+            await self._gate.identify({}, self.token)
+        except ServiceError as exc:
+            self._queue(error_frame(exc, None))
+            self.close(CLOSE_UNAUTHORIZED, exc.detail[:120])
+
     async def _auth(self, frame: Auth | Refresh) -> None:
         try:
             identity = await self._gate.identify({}, frame.token)
@@ -353,10 +366,14 @@ class Session:
             raise  # a bad refresh is an error frame; the current token stays
         if self.identity is not None and identity.user != self.identity.user:
             raise ServiceError(403, "forbidden", "a refresh must be for the same user")
+        self.token = frame.token
         self._authenticated(identity)
 
     def _bad(self, frame: ErrorFrame) -> None:
         self._queue(frame)
+        if self.identity is None:  # nothing but a token is read before the token
+            self.close(CLOSE_UNAUTHORIZED, "no token")
+            return
         self._bad_in_a_row += 1
         if self._bad_in_a_row >= self._settings.ws_bad_frames:
             self.close(CLOSE_POLICY, f"{self._bad_in_a_row} bad frames in a row")
@@ -413,6 +430,7 @@ class Hub:
     def __init__(self) -> None:
         self.sessions: set[Session] = set()
         self.by_user: dict[str, set[Session]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         self.stats = WsStats()
 
@@ -432,6 +450,17 @@ class Hub:
         read."""
         for session in list(self.by_user.get(user, ())):
             session.recheck()
+
+    def keys_changed(self) -> None:
+        """The token keys changed: every socket's token is verified again (one signature
+        check per distinct token), and those whose key is gone are closed with 4001."""
+        task = asyncio.create_task(self._reverify_all())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reverify_all(self) -> None:
+        for session in list(self.sessions):
+            await session.reverify()
 
     async def drain(self, timeout: float) -> None:
         self.draining = True

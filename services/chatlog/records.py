@@ -17,7 +17,7 @@ import msgspec
 
 from chatlog.names import NODE, channel_of
 
-MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
+MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[!-~]+\Z")]
 UserName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Text = Annotated[str, msgspec.Meta(min_length=1)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]

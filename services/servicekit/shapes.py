@@ -5,6 +5,9 @@ import msgspec
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
 """Records per page: ``limit`` defaults to PAGE_DEFAULT and may be at most PAGE_MAX."""
+SEQ_MAX = 2**63 - 1
+"""The largest seq a query may name (JetStream's sequences are unsigned 64-bit; it
+refuses larger ones as malformed)."""
 
 
 class MessagesPage(msgspec.Struct, frozen=True):

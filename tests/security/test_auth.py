@@ -9,7 +9,9 @@ import hmac
 import json
 import os
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -462,3 +464,89 @@ async def test_hs256_only_with_the_shared_secret(tmp_path: Path) -> None:
         Verifier(AuthSettings(hs256_secret="short"))
     with pytest.raises(ConfigError, match="--no-auth"):
         Verifier(AuthSettings())
+
+
+async def test_keys_come_from_a_jwks_url_and_rotate(tmp_path: Path) -> None:
+    """An identity provider's JWKS URL (a local HTTP server here): read at start, read
+    again for a key id it did not have; unreachable at start, the service refuses."""
+    served = {"body": json.dumps(keys.jwks_of(SIGNING_KEY)).encode()}
+
+    class Jwks(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(served["body"])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    try:
+        verifier = Verifier(AuthSettings(jwks_url=url, unknown_kid_every=0))
+        await asyncio.to_thread(verifier.load)
+        assert (await verifier.verify(token("ada"))).user == "ada"
+        rotated = Ed25519PrivateKey.generate()
+        served["body"] = json.dumps(keys.jwks_of(rotated)).encode()
+        assert (await verifier.verify(keys.mint(rotated, "bea"))).user == "bea"
+    finally:
+        server.shutdown()
+        server.server_close()
+    gone = Verifier(AuthSettings(jwks_url=url))
+    with pytest.raises(ConfigError, match="JWKS_URL"):
+        await asyncio.to_thread(gone.load)
+
+
+async def test_a_socket_whose_key_left_the_set_is_closed(procs: NodeProcs, tmp_path: Path) -> None:
+    """Rotation must reach sockets already open, not only new requests: a socket that
+    authenticated with a key that was then removed is closed with 4001."""
+    directory = tmp_path / "keys"
+    old = keys.load(keys.generate(directory))
+    jwks = directory / keys.JWKS
+    node = procs.node("a", "--jwks-file", str(jwks), "--jwks-refresh", "0.5")
+    eve = keys.mint(old, "eve", admin=True)
+    async with websockets.connect(ws_url(node.url), additional_headers=bearer(eve)) as ws:
+        await ws.send(json.dumps({"op": "join", "channel": "secret", "after": 0}))
+        assert (await recv(ws))["op"] == "joined"
+        jwks.write_text(json.dumps(keys.jwks_of(Ed25519PrivateKey.generate())))
+        frame = await recv(ws, 10)
+        assert frame["op"] == "error" and frame["code"] == "unauthorized", frame
+        assert await closed_with(ws) == 4001
+    assert http("GET", node.url + "/messages?channel=secret", token=eve)[0] == 401
+
+
+def test_tokens_that_would_mislead_or_outlive_rotation_are_refused(node: Service) -> None:
+    url = node.url + "/messages?channel=room"
+    for bad, reason in (
+        (token("ada", read=("*",), ttl=3 * 24 * 3600), "AUTH_MAX_LIFETIME"),
+        (token("nats", read=("*",)), "reserved"),
+        (token("anonymous", read=("*",)), "reserved"),
+        (token("ada", read=("*",), name="Ada\u202e nimda"), "control"),
+        (token("ada\nroot", read=("*",)), "control"),
+        ("x" * 20_000, "longer"),
+    ):
+        status, body = http("GET", url, token=bad)
+        assert status == 401 and reason in body["detail"], (reason, body)
+
+
+async def test_malformed_input_is_a_clear_error(procs: NodeProcs) -> None:
+    node, archiver = procs.node("a"), procs.archiver()
+    url = node.url + "/messages"
+    status, body = http("POST", url, b'{"channel": "room", "text": "\xff\xfe"}')
+    assert status == 400 and body["error"] == "invalid_json", body
+    status, body = http("POST", url, {"channel": "room", "text": "x", "id": "abc\n"})
+    assert status == 400 and body["error"] == "invalid_field", body
+    for where in (archiver.url + "/messages/room", url + "?channel=room"):
+        sep = "&" if "?" in where else "?"
+        status, body = http("GET", f"{where}{sep}after={2**64}")
+        assert status == 400, (where, body)
+    assert http("GET", node.url + "/schema/openapi.json", token=None)[0] == 404
+    assert count(node.url, "room") == 0
+    # Before its token, a socket's bad frame closes it at once.
+    async with websockets.connect(ws_url(node.url)) as ws:
+        await ws.send("{not json")
+        assert (await recv(ws))["code"] == "invalid_json"
+        assert await closed_with(ws, 2) == 4001
