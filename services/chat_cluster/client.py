@@ -72,6 +72,11 @@ async def tail(settings: ClientSettings, after: int | None, count: int | None, r
             await ws.send(json.dumps(join))
             async for data in ws:
                 frame = json.loads(data)
+                if frame["op"] == "token_expiring" and settings.token is None:
+                    # A token we minted: mint the next one, the socket stays open.
+                    fresh = settings.bearer()
+                    if fresh:
+                        await ws.send(json.dumps({"op": "refresh", "token": fresh}))
                 if raw:
                     print(json.dumps(frame), flush=True)
                 elif frame["op"] == "message":
