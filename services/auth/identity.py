@@ -61,7 +61,7 @@ class Identity:
     """A verified token's holder. ``user`` None: anonymous mode (``--no-auth``), where the
     client names itself and may do everything, as before tokens existed."""
 
-    __slots__ = ("admin", "expires", "name", "read", "send", "user")
+    __slots__ = ("admin", "expires", "name", "read", "send", "token", "user")
 
     def __init__(
         self,
@@ -78,6 +78,9 @@ class Identity:
         self.send = send or Patterns(())
         self.admin = admin
         self.expires = expires
+        self.token: str | None = None
+        """The token this identity was verified from (verified again when keys change);
+        sockets with the same token share one Identity, and so one copy of it."""
 
     @classmethod
     def of(cls, claims: Claims) -> "Identity":

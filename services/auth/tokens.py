@@ -155,6 +155,7 @@ class Verifier:
             self.refused += 1
             raise
         self.verified += 1
+        identity.token = token
         if len(self._cache) >= self.settings.cache_size:
             del self._cache[next(iter(self._cache))]  # the oldest entry
         self._cache[token] = identity

@@ -13,7 +13,8 @@ from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from auth import Gate
-from auth.web import bearer
+from auth.identity import Identity
+from auth.web import handshake_headers, query_token
 from chat import history
 from chat.node import Node
 from chat.wire import GrantView, Progress, SendResult, encode_text, grant_decoder, send_decoder
@@ -192,25 +193,10 @@ def _user(user: str) -> str:
 @websocket("/ws")
 async def ws_endpoint(socket: WebSocket[object, object, State]) -> None:
     node: Node = socket.app.state.node
-    hub, gate = node.hub, node.gate
-    if not gate.origin_allowed(socket.headers):
-        # Before accepting: the handshake is answered 403 and no frame is ever read.
-        await socket.close(CLOSE_UNAUTHORIZED, "origin not allowed")
+    hub = node.hub
+    admitted, identity = await _handshake(socket, node)
+    if not admitted:
         return
-    await socket.accept()
-    if hub.draining:
-        await socket.close(CLOSE_GOING_AWAY, "node shutting down")
-        return
-    identity = None
-    token = socket.query_params.get("token")
-    if token is not None or "authorization" in socket.headers or not gate.enabled:
-        try:
-            token = token or bearer(socket.headers)
-            identity = await gate.identify(socket.headers, token)
-        except ServiceError as exc:
-            await socket.send_text(encode_text(error_frame(exc, None)))
-            await socket.close(CLOSE_UNAUTHORIZED, exc.detail[:120])
-            return
     session = Session(
         socket,
         node.replica,
@@ -218,16 +204,42 @@ async def ws_endpoint(socket: WebSocket[object, object, State]) -> None:
         node.settings,
         node.chatlog,
         hub.stats,
-        gate,
+        node.gate,
         hub,
         identity,
-        token,
     )
     hub.sessions.add(session)
     try:
         await session.run()
     finally:
         hub.sessions.discard(session)
+
+
+async def _handshake(
+    socket: WebSocket[object, object, State], node: Node
+) -> tuple[bool, Identity | None]:
+    """Accept the socket or refuse it (and close it): (admitted, the identity its
+    handshake carried; None: it must send ``auth`` first). A function of its own, so
+    nothing of the handshake stays referenced for the socket's life."""
+    gate = node.gate
+    headers = handshake_headers(socket.scope["headers"])
+    if not gate.origin_allowed(headers):
+        # Before accepting: the handshake is answered 403 and no frame is ever read.
+        await socket.close(CLOSE_UNAUTHORIZED, "origin not allowed")
+        return False, None
+    await socket.accept()
+    if node.hub.draining:
+        await socket.close(CLOSE_GOING_AWAY, "node shutting down")
+        return False, None
+    token = query_token(socket.scope["query_string"])
+    if token is None and "authorization" not in headers and gate.enabled:
+        return True, None
+    try:
+        return True, await gate.identify(headers, token)
+    except ServiceError as exc:
+        await socket.send_text(encode_text(error_frame(exc, None)))
+        await socket.close(CLOSE_UNAUTHORIZED, exc.detail[:120])
+        return False, None
 
 
 def require_json(request: Request[object, object, State]) -> None:

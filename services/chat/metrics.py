@@ -63,7 +63,13 @@ class NodeMetrics:
                 "Message frames written to WebSockets (live and catch-up)")  # fmt: skip
         counter("chat.ws.closed", [self._closed], "{connection}",
                 "WebSockets closed by the node, by reason (overflow = 1013, abuse = 1008, "
-                "going_away = 1001, log_replaced = 1012)")  # fmt: skip
+                "going_away = 1001, log_replaced = 1012, unauthorized = 4001, "
+                "token_expired = 4002)")  # fmt: skip
+        counter("chat.auth.tokens", [self._tokens], "{token}",
+                "Tokens presented, by outcome: verified (signature checked), cached (seen "
+                "before, still valid), refused (401)")  # fmt: skip
+        gauge("chat.auth.grants", [self._grants], "{grant}",
+              "Grants held (user and channel pairs from the grants bucket)")  # fmt: skip
 
     def _applied_seq(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self._replica.applied)
@@ -134,3 +140,13 @@ class NodeMetrics:
     def _closed(self, _: CallbackOptions) -> Iterable[Observation]:
         for reason, count in self._hub.stats.closed.items():
             yield Observation(count, {"reason": reason})
+
+    def _tokens(self, _: CallbackOptions) -> Iterable[Observation]:
+        verifier = self._node.gate.verifier
+        if verifier is not None:
+            yield Observation(verifier.verified, {"outcome": "verified"})
+            yield Observation(verifier.cache_hits, {"outcome": "cached"})
+            yield Observation(verifier.refused, {"outcome": "refused"})
+
+    def _grants(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._node.gate.grants.count)

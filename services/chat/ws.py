@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import msgspec
@@ -107,16 +108,14 @@ class Session:
         gate: Gate,
         hub: "Hub",
         identity: Identity | None,
-        token: str | None = None,
     ) -> None:
         self._ws = socket
         self._gate = gate
         self._hub = hub
         self.identity: Identity | None = None
         """Who this socket is; None until its token is accepted."""
-        self.token = token
-        """The token ``identity`` came from (verified again when the keys change)."""
-        self._timers: list[asyncio.TimerHandle] = []
+        self._timer: asyncio.TimerHandle | None = None
+        """The one pending token deadline: the auth timeout, the refresh warning, expiry."""
         self._stats = stats
         self._chatlog = chatlog
         self._replica = replica
@@ -137,9 +136,8 @@ class Session:
     async def run(self) -> None:
         if self.identity is None:
             timeout = self._gate.settings.ws_auth_timeout
-            self._timers.append(
-                asyncio.get_running_loop().call_later(timeout, self._auth_timed_out, timeout)
-            )
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(timeout, self._auth_timed_out, timeout)
         self._sender = asyncio.create_task(self._send_loop())
         receiver = asyncio.create_task(self._receive_loop())
         tasks = {self._sender, receiver}
@@ -212,19 +210,21 @@ class Session:
         expires_at = None
         if identity.expires is not None:
             expires_at = int(identity.expires)
-            loop = asyncio.get_running_loop()
             left = identity.expires - time.time()
             ahead = min(self._gate.settings.refresh_ahead, max(left / 2, 0))
-            self._timers.append(loop.call_later(left - ahead, self._expiring, identity))
-            grace = left + self._gate.settings.leeway
-            self._timers.append(loop.call_later(grace, self._expired, identity))
+            self._arm(left - ahead, self._expiring, identity)
         if announce:
             self._queue(Authed(user=identity.user or "", expires_at=expires_at, name=identity.name))
 
+    def _arm(self, delay: float, then: Callable[[Identity], None], identity: Identity) -> None:
+        # One timer at a time (the warning, then the deadline): a handle is ~150 bytes
+        # per idle socket.
+        self._timer = asyncio.get_running_loop().call_later(delay, then, identity)
+
     def _disarm(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _auth_timed_out(self, timeout: float) -> None:
         if self.identity is None:
@@ -233,7 +233,9 @@ class Session:
 
     def _expiring(self, identity: Identity) -> None:
         if self.identity is identity and identity.expires is not None:
-            self._queue(TokenExpiring(expires_in=round(max(identity.expires - time.time(), 0), 1)))
+            left = identity.expires - time.time()
+            self._queue(TokenExpiring(expires_in=round(max(left, 0), 1)))
+            self._arm(left + self._gate.settings.leeway, self._expired, identity)
 
     def _expired(self, identity: Identity) -> None:
         if self.identity is identity:
@@ -347,10 +349,11 @@ class Session:
 
     async def reverify(self) -> None:
         """The key set changed: a token whose key left it no longer admits this socket."""
-        if self.identity is None or self.token is None or self._close is not None:
+        who = self.identity
+        if who is None or who.token is None or self._close is not None:
             return
         try:
-            await self._gate.identify({}, self.token)
+            await self._gate.identify({}, who.token)
         except ServiceError as exc:
             self._queue(error_frame(exc, None))
             self.close(CLOSE_UNAUTHORIZED, exc.detail[:120])
@@ -366,7 +369,6 @@ class Session:
             raise  # a bad refresh is an error frame; the current token stays
         if self.identity is not None and identity.user != self.identity.user:
             raise ServiceError(403, "forbidden", "a refresh must be for the same user")
-        self.token = frame.token
         self._authenticated(identity)
 
     def _bad(self, frame: ErrorFrame) -> None:

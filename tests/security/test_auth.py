@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -126,6 +127,9 @@ def test_without_a_valid_token_nothing_is_read_or_stored(node: Service) -> None:
         status, body = http("GET", base + "/messages?channel=room", token=bad)
         assert status == 401 and body["error"] == "unauthorized", (what, body)
     assert count(base, "room") == 0
+    metrics = http("GET", base + "/metrics")[1].decode()
+    refused = re.search(r'^chat_auth_tokens_total\{outcome="refused"\} (\S+)$', metrics, re.M)
+    assert refused is not None and float(refused.group(1)) >= 2 * len(attempts), metrics
 
 
 async def test_a_socket_without_a_token_gets_nothing(procs: NodeProcs) -> None:
