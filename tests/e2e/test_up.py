@@ -204,6 +204,15 @@ def test_walkthrough(up: Up) -> None:
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.stdout.count("equal to the log at seq 2") == 3
 
+    # token and grant, as the README's walkthrough does them, with the cluster's own key
+    # and admin credentials found in its data directory.
+    bob = cli("token", "--data-dir", str(up.data), "--user", "bob").stdout.strip()
+    ops = up.node(1) + "/messages?channel=ops"
+    assert http("GET", ops, token=bob)[0] == 403
+    granted = cli("grant", "bob", "ops", "read", "--data-dir", str(up.data))
+    assert granted.stdout.strip() == "bob on ops: read=true send=false", granted.stderr
+    wait_until(lambda: http("GET", ops, token=bob)[0] == 200, what="grant applied")
+
     # kill -9 of node 2: the supervisor restarts it, it replays, turns ready, holds everything.
     old = up.pid("node-2")
     os.kill(old, signal.SIGKILL)
