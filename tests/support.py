@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 KEYS_DIR = Path(tempfile.mkdtemp(prefix="chat-test-keys-"))
 SIGNING_KEY = keys.load(keys.generate(KEYS_DIR))
 JWKS_FILE = KEYS_DIR / keys.JWKS
-AUTH_ENV = {"AUTH": "jwt", "JWKS_FILE": str(JWKS_FILE)}
+SERVICE_ENV = {"AUTH": "jwt", "JWKS_FILE": str(JWKS_FILE), "SEND_RATE": "0"}
+"""How the tests' node processes start. SEND_RATE 0: every test's load is one admin
+token, whose sends a per-user rate would throttle; the limit has its own tests."""
 AUTH = AuthSettings(jwks_file=str(JWKS_FILE))
 ADMIN_TOKEN = keys.mint(SIGNING_KEY, "test-admin", ttl=24 * 3600, admin=True)
 """What the tests send unless they test tokens: may read and send everywhere."""
@@ -216,6 +218,7 @@ def node_settings(nats: NatsServer, **overrides: Any) -> NodeSettings:
         "watchdog_interval": 0.25,
         "grace": 2.0,
         "auth": AUTH,
+        "send_rate": 0.0,
     }
     base.update(overrides)
     return NodeSettings(**base)
@@ -252,7 +255,7 @@ class NodeProcs:
 
     def _env(self, role: str) -> dict[str, str]:
         assert self._nats.creds is not None
-        return {**self._nats.creds.env(role), **AUTH_ENV}
+        return {**self._nats.creds.env(role), **SERVICE_ENV}
 
     def _start(self, service: Service, wait: bool) -> Service:
         service.start()

@@ -21,7 +21,7 @@ from chat.wire import GrantView, Progress, SendResult, encode_text, grant_decode
 from chat.ws import CLOSE_GOING_AWAY, CLOSE_UNAUTHORIZED, Session, error_frame
 from chatlog import DEFAULT_CHANNEL, check_channel
 from servicekit.errors import ServiceError, bad_request
-from servicekit.shapes import PAGE_DEFAULT, PAGE_MAX, SEQ_MAX, ChannelInfo, MessagesPage
+from servicekit.shapes import PAGE_DEFAULT, PAGE_MAX, SEQ_MAX, ChannelInfo, MessagesPage, Problem
 
 
 def _progress(node: Node, status: str) -> Progress:
@@ -86,6 +86,13 @@ async def list_messages(
     gate = _gate(request)
     gate.check_read(await gate.identify(request.headers), channel)
     wait = node.settings.min_seq_wait
+    if min_seq is not None and replica.applied < min_seq:
+        if replica.waiting >= node.settings.min_seq_waiters:
+            node.writer.limiter.refused["min_seq_waiters"] += 1
+            raise ServiceError(
+                503, "busy", f"{replica.waiting} reads are waiting for a seq already; retry "
+                "(MIN_SEQ_WAITERS)",
+            )  # fmt: skip
     if min_seq is not None and not await replica.wait_applied(min_seq, wait):
         raise ServiceError(
             503,
@@ -106,6 +113,8 @@ async def send_message(request: Request[object, object, State], state: State) ->
     gate = _gate(request)
     who = await gate.identify(request.headers)
     require_json(request)
+    node: Node = state.node
+    node.writer.admit(who, request.client.host if request.client else "")
     body = await request.body()
     try:
         req = send_decoder.decode(body)
@@ -113,7 +122,6 @@ async def send_message(request: Request[object, object, State], state: State) ->
         raise bad_request("invalid_field", str(exc)) from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise bad_request("invalid_json", "body is not a JSON object in UTF-8") from exc
-    node: Node = state.node
     return await node.writer.send(who, req.channel, req.text, req.id, req.user, req.sent_at)
 
 
@@ -242,6 +250,17 @@ async def _handshake(
         return False, None
 
 
+@get("/ws", sync_to_thread=False)
+def ws_without_upgrade() -> Response[Problem]:
+    """A plain GET of the WebSocket route: say what it is, rather than 405."""
+    return Response(
+        Problem("upgrade_required", "/ws is a WebSocket: connect with ws:// (or wss://) and "
+                "send {\"op\": \"auth\", \"token\": ...} first"),
+        status_code=426,
+        headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+    )  # fmt: skip
+
+
 def require_json(request: Request[object, object, State]) -> None:
     """Bodies are JSON, said so: a cross-site form or ``text/plain`` post (which a browser
     sends without asking the server first) is refused before it is read."""
@@ -263,4 +282,5 @@ HTTP_ROUTES = [
     put_grant,
     delete_grant,
     list_grants,
+    ws_without_upgrade,
 ]

@@ -65,6 +65,11 @@ class NodeMetrics:
                 "WebSockets closed by the node, by reason (overflow = 1013, abuse = 1008, "
                 "going_away = 1001, log_replaced = 1012, unauthorized = 4001, "
                 "token_expired = 4002)")  # fmt: skip
+        counter("chat.limits.refused", [self._refused], "{request}",
+                "Requests refused by a limit, by reason: send_rate (429), min_seq_waiters "
+                "(503 busy)")  # fmt: skip
+        gauge("chat.reads.waiting", [self._waiting], "{read}",
+              "Reads waiting for a min_seq now (at most MIN_SEQ_WAITERS)")  # fmt: skip
         counter("chat.auth.tokens", [self._tokens], "{token}",
                 "Tokens presented, by outcome: verified (signature checked), cached (seen "
                 "before, still valid), refused (401)")  # fmt: skip
@@ -150,3 +155,10 @@ class NodeMetrics:
 
     def _grants(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self._node.gate.grants.count)
+
+    def _waiting(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._replica.waiting)
+
+    def _refused(self, _: CallbackOptions) -> Iterable[Observation]:
+        for reason, count in self._node.writer.limiter.refused.items():
+            yield Observation(count, {"reason": reason})

@@ -7,6 +7,7 @@ from opentelemetry.metrics import Meter
 from auth import Gate
 from chat.follower import Follower
 from chat.grants import Policy
+from chat.limits import SendLimiter
 from chat.logstate import LogState
 from chat.replica import Replica
 from chat.saver import Saver
@@ -50,7 +51,15 @@ class Node:
             chatlog=chatlog,
             replica=replica,
             follower=Follower(settings, replica, chatlog, log_state),
-            writer=Writer(chatlog, replica, log_state, SendMetrics(meter), tracing, gate),
+            writer=Writer(
+                chatlog,
+                replica,
+                log_state,
+                SendMetrics(meter),
+                tracing,
+                gate,
+                SendLimiter(settings.send_rate, settings.send_burst),
+            ),
             hub=hub,
             background=Background(),
             log_state=log_state,

@@ -121,6 +121,8 @@ class Replica:
         """(seq, channel) of the newest record held."""
         self._listeners: dict[str, set[Listener]] = {}
         self._progress = asyncio.Event()
+        self.waiting = 0
+        """Reads waiting for a seq (``min_seq``) right now."""
 
     def reset(self, epoch: str, max_text: int, reason: str = "epoch") -> None:
         """Start over (a new log, or this one from scratch). Listeners are told, then
@@ -253,16 +255,20 @@ class Replica:
         """Wait until ``seq`` is applied (read-your-writes); False on timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.applied < seq:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._progress.wait()
-            except TimeoutError:
-                return False
-        return True
+        self.waiting += 1
+        try:
+            while self.applied < seq:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self._progress.wait()
+                except TimeoutError:
+                    return False
+            return True
+        finally:
+            self.waiting -= 1
 
     def _wake(self) -> None:
         self._progress.set()

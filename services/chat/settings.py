@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 from auth import AuthSettings
 from chatlog import LogSettings
-from options import nested, non_negative_int, port, positive_float, positive_int, setting
+from options import (
+    nested,
+    non_negative_float,
+    non_negative_int,
+    port,
+    positive_float,
+    positive_int,
+    setting,
+)
 from servicekit.logs import log_level
 
 
@@ -58,6 +66,21 @@ class NodeSettings:
         help="seconds a difference between this replica and the log must last before the "
         "replica is rebuilt from the log (a partitioned server may answer with an older "
         "state of the stream for a moment)",
+    )  # fmt: skip
+    send_rate: float = setting(
+        100.0, flag="--send-rate", env="SEND_RATE", parse=non_negative_float,
+        help="sends per second one user (one client address with --no-auth) may make on "
+        "this node, on average; beyond it 429 rate_limited with Retry-After; 0: no limit",
+    )  # fmt: skip
+    send_burst: int = setting(
+        500, flag="--send-burst", env="SEND_BURST", parse=positive_int,
+        help="sends a user may make at once above SEND_RATE (a client reconnecting with "
+        "a backlog)",
+    )  # fmt: skip
+    min_seq_waiters: int = setting(
+        1000, flag="--min-seq-waiters", env="MIN_SEQ_WAITERS", parse=positive_int,
+        help="reads that may wait for a min_seq at once; more are answered 503 busy at once "
+        "(10,000 waiting reads slowed /healthz to 3.7 s and grew a node by 114 MiB)",
     )  # fmt: skip
     min_seq_wait: float = setting(
         5.0, flag="--min-seq-wait", env="MIN_SEQ_WAIT", parse=positive_float,

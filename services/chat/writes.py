@@ -9,6 +9,7 @@ from opentelemetry.metrics import Meter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from auth import Gate, Identity
+from chat.limits import SendLimiter
 from chat.logstate import LogState
 from chat.replica import Replica
 from chat.wire import SendResult
@@ -50,8 +51,10 @@ class Writer:
         metrics: SendMetrics,
         tracing: bool,
         gate: Gate,
+        limiter: SendLimiter,
     ) -> None:
         self._gate = gate
+        self.limiter = limiter
         self._chatlog = chatlog
         self._replica = replica
         self._log_state = log_state
@@ -70,6 +73,11 @@ class Writer:
             )
         if not text:
             raise bad_request("empty_text", "text must not be empty")
+
+    def admit(self, who: Identity, address: str) -> None:
+        """One send from this sender (the user; the client's address in anonymous mode)
+        within its rate, or RateLimited. Called once per send, before ``check``."""
+        self.limiter.take(who.user if who.user is not None else f"addr:{address}")
 
     def check(self, who: Identity, channel: str, text: str, user: str | None) -> None:
         """Everything we refuse before NATS is touched: 400, and 403 for a channel the

@@ -21,9 +21,11 @@ from litestar import WebSocket
 
 from auth import Gate, Identity
 from chat import history
+from chat.limits import RateLimited
 from chat.replica import Replica
 from chat.settings import NodeSettings
 from chat.wire import (
+    OPS,
     Ack,
     Auth,
     Authed,
@@ -320,7 +322,10 @@ class Session:
         try:
             frame = frame_decoder.decode(data)
         except msgspec.ValidationError as exc:
-            self._bad(ErrorFrame(code="invalid_frame", detail=str(exc)))
+            detail = str(exc)
+            if "`$.op`" in detail:
+                detail += f"; op is one of: {OPS}"
+            self._bad(ErrorFrame(code="invalid_frame", detail=detail))
             return
         except (msgspec.DecodeError, UnicodeDecodeError):
             self._bad(ErrorFrame(code="invalid_json", detail="frame is not a JSON object"))
@@ -337,6 +342,13 @@ class Session:
             elif isinstance(frame, Leave):
                 self._leave(frame)
             else:
+                try:
+                    client = self._ws.client
+                    self._writer.admit(self.identity, client.host if client else "")
+                except RateLimited as exc:
+                    # Not a bad frame: the client is told when to retry; the socket stays.
+                    self._queue(error_frame(exc, frame.id))
+                    return
                 self._writer.check(self.identity, frame.channel, frame.text, frame.user)
                 await self._inflight.acquire()
                 task = asyncio.create_task(self._send(frame))

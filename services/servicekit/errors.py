@@ -7,11 +7,15 @@ from chatlog import InvalidInput, LogError, LogFull, LogRejected, LogUnavailable
 class ServiceError(Exception):
     """An answer to a client: an HTTP status, a stable code, a sentence."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.headers = headers
+        """HTTP headers of the answer (Retry-After)."""
 
 
 def bad_request(code: str, detail: str) -> ServiceError:

@@ -15,15 +15,20 @@ log = logging.getLogger("servicekit.problems")
 _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
-def _problem(status: int, code: str, detail: str) -> Response[Any]:
+def _problem(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> Response[Any]:
     return Response(
-        Problem(error=code, detail=detail), status_code=status, media_type=MediaType.JSON
+        Problem(error=code, detail=detail),
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers,
     )
 
 
 def service_error(_: Request[Any, Any, Any], exc: ServiceError | LogError) -> Response[Any]:
     problem = problem_of(exc)
-    return _problem(problem.status, problem.code, problem.detail)
+    return _problem(problem.status, problem.code, problem.detail, problem.headers)
 
 
 def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:

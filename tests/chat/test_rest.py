@@ -126,3 +126,9 @@ def test_a_node_whose_follower_ended_is_neither_ready_nor_live(node: Client) -> 
     assert live.status_code == 503 and live.json()["status"] == "follower_stopped"
     # What it holds is still served (reads of a frozen replica are not wrong, only old).
     assert [m["text"] for m in node.get("/messages").json()["messages"]] == ["before"]
+
+
+def test_a_plain_get_of_the_websocket_route_says_what_it_is(node: Client) -> None:
+    resp = node.get("/ws")
+    assert resp.status_code == 426 and resp.json()["error"] == "upgrade_required"
+    assert resp.headers["upgrade"] == "websocket" and "auth" in resp.json()["detail"]

@@ -4,6 +4,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -11,7 +12,16 @@ from typing import Any
 
 import websockets
 
-from tests.support import ADMIN_TOKEN, NodeProcs, bearer, http, wait_until
+from tests.support import (
+    ADMIN_TOKEN,
+    NodeProcs,
+    all_messages,
+    bearer,
+    http,
+    token,
+    until,
+    wait_until,
+)
 
 
 def ws_url(base: str) -> str:
@@ -179,3 +189,64 @@ async def test_sigterm_closes_websockets_with_1001_and_exits(procs: NodeProcs) -
     code = await asyncio.to_thread(node.proc.wait, 10)
     assert code in (0, -signal.SIGTERM)
     wait_until(lambda: node.proc is not None and node.proc.poll() is not None)
+
+
+async def test_waiting_reads_are_capped_and_answered_busy(procs: NodeProcs) -> None:
+    """``min_seq`` reads hold a slot while they wait; past MIN_SEQ_WAITERS the next is
+    answered 503 busy at once, and a read that needs no wait is never refused."""
+    node = procs.node("a", "--min-seq-waiters", "2", "--min-seq-wait", "3")
+    far = node.url + f"/messages?channel=room&min_seq={10**9}"
+    waiting = [asyncio.create_task(asyncio.to_thread(http, "GET", far)) for _ in range(2)]
+    await until(lambda: replica_waiting(node.url) == 2, what="two reads waiting")
+    status, body = await asyncio.to_thread(http, "GET", far)
+    assert status == 503 and body["error"] == "busy", body
+    assert (await asyncio.to_thread(http, "GET", node.url + "/messages?channel=room"))[0] == 200
+    for task in waiting:
+        status, body = await task
+        assert status == 503 and body["error"] == "not_caught_up"
+    status, _ = await asyncio.to_thread(http, "GET", node.url + "/messages?channel=room&min_seq=0")
+    assert status == 200
+
+
+def replica_waiting(base: str) -> float:
+    metrics = http("GET", base + "/metrics")[1].decode()
+    found = re.search(r"^chat_reads_waiting(?:_ratio)? (\S+)$", metrics, re.M)
+    return float(found.group(1)) if found else -1
+
+
+async def test_a_flooding_sender_is_rate_limited_and_keeps_its_socket(procs: NodeProcs) -> None:
+    """One user over SEND_RATE: 429 with Retry-After over REST, a rate_limited frame over
+    WebSocket (the socket stays open, no 1008), nothing beyond the rate is stored, and
+    another user on the same node is not affected."""
+    node = procs.node("a", "--send-rate", "5", "--send-burst", "10")
+    flooder = bearer(token("flooder", send=("*",), read=("*",)))
+    url = node.url + "/messages"
+    statuses = []
+    for i in range(20):
+        status, body = await asyncio.to_thread(
+            http, "POST", url, {"channel": "room", "text": f"r{i}"}, headers=flooder, token=None
+        )
+        statuses.append(status)
+    assert statuses[:10] == [201] * 10 and 429 in statuses[10:], statuses
+    assert body["error"] == "rate_limited" and "retry in" in body["detail"]
+    async with websockets.connect(ws_url(node.url), additional_headers=flooder) as ws:
+        for i in range(30):
+            await ws.send(
+                json.dumps({"op": "send", "channel": "room", "text": f"w{i}", "id": f"w{i}"})
+            )
+        frames = [await recv(ws) for _ in range(30)]
+        limited = [f for f in frames if f["op"] == "error"]
+        assert limited and all(f["code"] == "rate_limited" for f in limited), frames
+        assert len(frames) - len(limited) <= 5  # at most what the bucket refilled
+        await ws.send(json.dumps({"op": "join", "channel": "room", "after": 0}))
+        assert (await recv(ws))["op"] == "joined"  # still open, still served
+    other = bearer(token("calm", send=("*",)))
+    status, _ = await asyncio.to_thread(
+        http, "POST", url, {"channel": "room", "text": "calm"}, headers=other, token=None
+    )
+    assert status == 201
+    metrics = (await asyncio.to_thread(http, "GET", node.url + "/metrics"))[1].decode()
+    refused = re.search(r'^chat_limits_refused_total\{reason="send_rate"\} (\S+)$', metrics, re.M)
+    assert refused is not None and float(refused.group(1)) == statuses.count(429) + len(limited)
+    stored = await asyncio.to_thread(all_messages, node.url, "room")
+    assert len(stored) == sum(s == 201 for s in statuses) + len(frames) - len(limited) + 1

@@ -176,6 +176,7 @@ async def test_rolling_update_as_the_chart_does_it(
         assert code == 0, job.log_text()
 
         env.update(local)
+        env["SEND_RATE"] = "0"  # the load is one token: its sends must not be throttled
         assert env["NATS_USER"] == NODE and env["NATS_PASSWORD"] == passwords[NODE]
 
         def start(name: str) -> ChartNode:

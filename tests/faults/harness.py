@@ -21,7 +21,7 @@ from chat_cluster.processes import free_port
 from chatlog import LogSettings, StreamSpec
 from chatlog.roles import ADMIN, ARCHIVER, NODE, PUBLISHER
 from tests.faults.proxy import Proxies, Proxy
-from tests.support import AUTH_ENV, STORE, auth, wait_until
+from tests.support import SERVICE_ENV, STORE, auth, wait_until
 
 
 class Cluster:
@@ -135,7 +135,11 @@ class Cluster:
             "3",
         ]
         node = Service(
-            name, args, port, self.workdir / f"{name}.log", env={**self.creds.env(NODE), **AUTH_ENV}
+            name,
+            args,
+            port,
+            self.workdir / f"{name}.log",
+            env={**self.creds.env(NODE), **SERVICE_ENV},
         )
         node.start()
         # The load thread lists live nodes while a scenario adds them: swap in a new dict
@@ -159,7 +163,7 @@ class Cluster:
             args,
             port,
             self.workdir / "archiver.log",
-            env={**self.creds.env(ARCHIVER), **AUTH_ENV},
+            env={**self.creds.env(ARCHIVER), **SERVICE_ENV},
         )
         self.archiver.start()
         self.wait_ready(self.archiver)
