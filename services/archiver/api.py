@@ -13,6 +13,7 @@ from archiver.reader import Reader
 from chatlog import LogError, check_channel
 from servicekit.errors import problem_of
 from servicekit.shapes import (
+    CHANNELS_MAX,
     PAGE_DEFAULT,
     PAGE_MAX,
     SEQ_MAX,
@@ -72,16 +73,22 @@ async def channel_messages(
 
 
 @get("/channels")
-async def channels(request: Request[Any, Any, State], state: State) -> list[ChannelInfo]:
+async def channels(
+    request: Request[Any, Any, State],
+    state: State,
+    after: Annotated[str, QueryParameter(max_length=64)] = "",
+    limit: Annotated[int, QueryParameter(ge=1, le=CHANNELS_MAX)] = CHANNELS_MAX,
+) -> list[ChannelInfo]:
     """The channels the caller's token lets it read (grants are checked per channel on
     reads; listing them here would cost one lookup per channel)."""
     reader: Reader = state.reader
     gate = reader.gate
     gate.check_origin(request.headers)
     who = await gate.identify(request.headers)
-    stats = await reader.chatlog.channel_stats()
-    may_read = gate.access.may_read
-    return [ChannelInfo(s.channel, s.count, s.last_seq) for s in stats if may_read(who, s.channel)]
+    stats = await reader.chatlog.channel_stats(
+        after, limit, lambda channel: gate.access.may_read(who, channel)
+    )
+    return [ChannelInfo(s.channel, s.count, s.last_seq) for s in stats]
 
 
 @get("/export/{channel:str}")

@@ -21,7 +21,15 @@ from chat.wire import GrantView, Progress, SendResult, encode_text, grant_decode
 from chat.ws import CLOSE_GOING_AWAY, CLOSE_UNAUTHORIZED, Session, error_frame
 from chatlog import DEFAULT_CHANNEL, check_channel
 from servicekit.errors import ServiceError, bad_request
-from servicekit.shapes import PAGE_DEFAULT, PAGE_MAX, SEQ_MAX, ChannelInfo, MessagesPage, Problem
+from servicekit.shapes import (
+    CHANNELS_MAX,
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    SEQ_MAX,
+    ChannelInfo,
+    MessagesPage,
+    Problem,
+)
 
 
 def _progress(node: Node, status: str) -> Progress:
@@ -126,16 +134,22 @@ async def send_message(request: Request[object, object, State], state: State) ->
 
 
 @get("/channels")
-async def list_channels(request: Request[object, object, State], state: State) -> list[ChannelInfo]:
-    """Only the channels the caller may read."""
+async def list_channels(
+    request: Request[object, object, State],
+    state: State,
+    after: Annotated[str, QueryParameter(max_length=64)] = "",
+    limit: Annotated[int, QueryParameter(ge=1, le=CHANNELS_MAX)] = CHANNELS_MAX,
+) -> list[ChannelInfo]:
+    """The channels the caller may read, in name order after ``after``, ``limit`` of them."""
     node: Node = state.node
     gate = _gate(request)
     who = await gate.identify(request.headers)
     may_read = gate.access.may_read
+    channels = node.replica.channels
+    names = sorted(name for name in channels if name > after and may_read(who, name))
     return [
-        ChannelInfo(channel=name, count=log.total, last_seq=log.last_seq)
-        for name, log in sorted(node.replica.channels.items())
-        if may_read(who, name)
+        ChannelInfo(channel=name, count=channels[name].total, last_seq=channels[name].last_seq)
+        for name in names[:limit]
     ]
 
 

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -36,6 +37,8 @@ from chatlog.snapshot_store import SnapshotMeta, SnapshotStore
 from chatlog.stream import StreamSpec, check_log, check_snapshots, max_text_of
 from chatlog.tail import Tail
 
+_MULTI_LAST = 500
+"""Subjects per batched Direct Get of last messages (JetStream answers at most 1,024)."""
 POLICY_MAX_BYTES = 64 * 1024 * 1024
 POLICY_SHARE = 0.02
 """Of the account's storage per copy: the log takes 80%, snapshots 15%."""
@@ -447,8 +450,13 @@ class ChatLog:
                 break
         return records, cursor
 
-    async def channel_stats(self) -> list[ChannelStat]:
-        """Count and last seq of every valid channel, from the stream's per-subject state."""
+    async def channel_stats(
+        self, after: str = "", limit: int = 1000, keep: Callable[[str], bool] | None = None
+    ) -> list[ChannelStat]:
+        """Count and last seq of the valid channels named after ``after`` (in name order),
+        at most ``limit`` of them, only those ``keep`` accepts: from the stream's
+        per-subject state, then one batched Direct Get of the page's last messages (a
+        request for every subject at once is refused past 1,024 results)."""
         conn = self._connection()
         async with boundary("stream info", conn):
             try:
@@ -456,20 +464,26 @@ class ChatLog:
             except nats.js.errors.NotFoundError as exc:
                 raise LogUnavailable(f"stream {STREAM_NAME} does not exist") from exc
         counts: dict[str, int] = {}
+        subjects: dict[str, list[str]] = {}
         for subject, n in (info.state.subjects or {}).items():
             where = channel_of(subject)
-            if where is not None:
+            if where is not None and where[0] > after and (keep is None or keep(where[0])):
                 counts[where[0]] = counts.get(where[0], 0) + n
-        if not counts:
+                subjects.setdefault(where[0], []).append(subject)
+        page = sorted(counts)[:limit]
+        if not page:
             return []
-        request = {"multi_last": [SUBJECTS], "batch": len(info.state.subjects or {})}
-        lasts, _ = await direct_batch(conn, STREAM_NAME, request)
+        wanted = [subject for name in page for subject in subjects[name]]
         last_seq: dict[str, int] = {}
-        for entry in lasts:
-            where = channel_of(entry.subject)
-            if where is not None:
-                last_seq[where[0]] = max(last_seq.get(where[0], 0), entry.seq)
+        for start in range(0, len(wanted), _MULTI_LAST):
+            chunk = wanted[start : start + _MULTI_LAST]
+            request = {"multi_last": chunk, "batch": len(chunk)}
+            lasts, _ = await direct_batch(conn, STREAM_NAME, request)
+            for entry in lasts:
+                where = channel_of(entry.subject)
+                if where is not None:
+                    last_seq[where[0]] = max(last_seq.get(where[0], 0), entry.seq)
         return [
-            ChannelStat(channel=name, count=n, last_seq=last_seq.get(name, 0))
-            for name, n in sorted(counts.items())
+            ChannelStat(channel=name, count=counts[name], last_seq=last_seq.get(name, 0))
+            for name in page
         ]

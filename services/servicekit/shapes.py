@@ -5,6 +5,8 @@ import msgspec
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
 """Records per page: ``limit`` defaults to PAGE_DEFAULT and may be at most PAGE_MAX."""
+CHANNELS_MAX = 1000
+"""Channels per ``/channels`` page (``?after=<last name>&limit=N`` for the next)."""
 SEQ_MAX = 2**63 - 1
 """The largest seq a query may name (JetStream's sequences are unsigned 64-bit; it
 refuses larger ones as malformed)."""

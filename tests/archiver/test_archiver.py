@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 
 from chatlog import ChatLog
-from tests.support import NodeProcs, all_messages, bearer, get_json, http, said
+from tests.support import NodeProcs, all_messages, bearer, get_json, http, said, until
 
 
 @pytest.fixture
@@ -87,3 +87,27 @@ def test_bad_input_is_400_json(archiver_url: str, path: str) -> None:
 
 def test_readyz(archiver_url: str) -> None:
     assert get_json(archiver_url + "/readyz")["status"] == "ready"
+
+
+async def test_channel_lists_are_paged_past_the_direct_get_limit(
+    publisher: ChatLog, procs: NodeProcs
+) -> None:
+    """1,300 channels (more subjects than one batched Direct Get may answer, which made
+    the archiver's /channels a 502): both services page them, 1,000 at a time by default,
+    in name order, and a page ends where the next begins."""
+    node, archiver = procs.node("a"), procs.archiver()
+    names = [f"ch-{i:05d}" for i in range(1300)]
+    for name in names:
+        await publisher.publish_raw(name, b"hi")
+    await publisher.publish_raw("zz-last", b"last")
+    await until(lambda: len(get_json(node.url + "/channels?after=ch-01299")) == 1, what="applied")
+    for base in (node.url, archiver.url):
+        first = get_json(base + "/channels")
+        assert [c["channel"] for c in first] == names[:1000], base
+        rest = get_json(base + f"/channels?after={first[-1]['channel']}&limit=1000")
+        assert [c["channel"] for c in rest] == [*names[1000:], "zz-last"], base
+        assert all(c["count"] == 1 and c["last_seq"] > 0 for c in first + rest)
+        two = get_json(base + "/channels?after=ch-00010&limit=2")
+        assert [c["channel"] for c in two] == ["ch-00011", "ch-00012"]
+        status, body = http("GET", base + "/channels?limit=5000")
+        assert status == 400 and body["error"] == "invalid_query", body
