@@ -17,6 +17,9 @@ from typing import Annotated
 
 import msgspec
 
+from chatlog.records import ANONYMOUS as ANONYMOUS_USER
+from chatlog.records import RAW_USER
+
 UserName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Pattern = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_*-]+\Z")]
 
@@ -106,6 +109,6 @@ class Identity:
 
 ANONYMOUS = Identity(None, admin=True)
 
-RESERVED = frozenset({"nats", "anonymous"})
+RESERVED = frozenset({RAW_USER, ANONYMOUS_USER})
 """Users the log itself names (chatlog.records): no token may be one of them."""
 """Everyone, in ``--no-auth`` mode."""

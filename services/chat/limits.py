@@ -31,10 +31,6 @@ class SendLimiter:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self.refused: Counter[str] = Counter()
 
-    @property
-    def enabled(self) -> bool:
-        return self.rate > 0
-
     def take(self, sender: str) -> None:
         """One send by ``sender`` now, or RateLimited."""
         if self.rate <= 0:

@@ -1,85 +1,33 @@
 """TLS between services and NATS (a chart option): with the CA, a node works; without it,
 or trusting another CA, nothing connects. Certificates are made here, by a throwaway CA."""
 
-import datetime
-import ipaddress
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from chat_cluster.credentials import Credentials
 from chat_cluster.natsserver import NatsServer, Tls
 from chatlog import ChatLog, LogSettings, LogUnavailable, StreamSpec
 from chatlog.roles import ADMIN, NODE
+from tests.deploy.certs import Ca
 from tests.support import said, start_server
 
 
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def make_ca(
-    directory: Path, name: str
-) -> tuple[Path, ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(_name(name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path = directory / f"{name}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path, key, cert
-
-
-def make_server_cert(
-    directory: Path, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate
-) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("nats"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "server.pem", directory / "server-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+def write(directory: Path, ca: Ca) -> tuple[Path, Path, Path]:
+    """The CA's certificate and a server certificate for 127.0.0.1 (issued by the test CA
+    the chart's tests use too), as files: (ca, cert, key)."""
+    issued = ca.issue("nats", ["127.0.0.1"])
+    paths = tuple(directory / f"{ca.cert.serial_number}-{n}" for n in ("ca", "crt", "key"))
+    for path, key in zip(paths, ("ca.crt", "tls.crt", "tls.key"), strict=True):
+        path.write_text(issued[key])
+    return paths  # type: ignore[return-value]
 
 
 async def test_tls_with_the_right_ca_works_and_nothing_else_connects(
     nats_bin: Path, tmp_path: Path, creds: Credentials
 ) -> None:
-    ca_path, ca_key, ca = make_ca(tmp_path, "chat-ca")
-    other_ca, _, _ = make_ca(tmp_path, "someone-else")
-    cert, key = make_server_cert(tmp_path, ca_key, ca)
+    ca_path, cert, key = write(tmp_path, Ca.make("chat-ca"))
+    other_ca, _, _ = write(tmp_path, Ca.make("someone-else"))
     server: NatsServer = start_server(nats_bin, tmp_path, creds, tls=Tls(cert, key))
     try:
         url = server.config.url
