@@ -142,6 +142,7 @@ class NodeProc:
         tokens = {"AUTH": "jwt", "JWKS_FILE": str(KEYS / keys.JWKS)} if users else {"AUTH": "none"}
         # One token drives every figure's load: a per-user send rate would measure itself.
         tokens["SEND_RATE"] = "0"
+        tokens["WS_PER_USER"] = "0"
         env = {**nats.env(NODE), **tokens, **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -60,6 +60,7 @@ async def main(quick: bool) -> None:
         figures.integrity_cost(work, 200_000 // scale, 10_000 // scale),
     )
     await section("user tokens cost", figures.auth_cost(work, 10_000 // scale, 2_000 // scale))
+    await section("client limits cost", figures.limits_cost(work, 10_000 // scale, 2_000 // scale))
     print(write_results(results, machine()))
 
 

@@ -1,10 +1,11 @@
 """The archiver's app factory."""
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from litestar import Litestar
 from litestar.datastructures import State
+from opentelemetry.metrics import CallbackOptions, Observation
 
 import telemetry
 from archiver.api import ROUTES
@@ -14,6 +15,7 @@ from auth import Gate
 from auth.web import cors
 from chatlog import ChatLog
 from chatlog.roles import ARCHIVER
+from servicekit.connections import Guard
 from servicekit.problems import EXCEPTION_HANDLERS
 from servicekit.tasks import Background
 from telemetry import Telemetry
@@ -26,6 +28,17 @@ def create_app(settings: ArchiverSettings, telemetry_: Telemetry | None = None) 
     gate = Gate(settings.auth)  # ConfigError without keys, unless --no-auth
     reader = Reader(chatlog, settings.export_page, gate)
     background = Background()
+    guard = Guard(settings.connections)
+
+    def refused(_: CallbackOptions) -> Iterable[Observation]:
+        for reason, count in guard.refused.items():
+            yield Observation(count, {"reason": reason})
+
+    tele.meter("archiver").create_observable_counter(
+        "archiver.limits.refused", [refused], "{request}",
+        "Connections refused by a limit, by reason: connections (503), header_timeout (408), "
+        "read_timeout (closed)",
+    )  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -43,7 +56,7 @@ def create_app(settings: ArchiverSettings, telemetry_: Telemetry | None = None) 
     return Litestar(
         route_handlers=[*ROUTES, metrics],
         middleware=middleware(tele),
-        state=State({"settings": settings, "reader": reader, "telemetry": tele}),
+        state=State({"settings": settings, "reader": reader, "telemetry": tele, "guard": guard}),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=cors(settings.auth),

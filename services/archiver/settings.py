@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from auth import AuthSettings
 from chatlog import LogSettings
 from options import nested, port, setting
+from servicekit.connections import ConnectionSettings
 from servicekit.logs import log_level
 
 
@@ -18,5 +19,6 @@ class ArchiverSettings:
     )  # fmt: skip
     log: LogSettings = nested(LogSettings)
     auth: AuthSettings = nested(AuthSettings)
+    connections: ConnectionSettings = nested(ConnectionSettings)
     export_page: int = 500
     """Records read from the log per Direct Get batch while exporting."""

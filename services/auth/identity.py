@@ -108,7 +108,7 @@ class Identity:
 
 
 ANONYMOUS = Identity(None, admin=True)
+"""Everyone, in ``--no-auth`` mode."""
 
 RESERVED = frozenset({RAW_USER, ANONYMOUS_USER})
 """Users the log itself names (chatlog.records): no token may be one of them."""
-"""Everyone, in ``--no-auth`` mode."""

@@ -50,6 +50,7 @@ def _progress(node: Node, status: str) -> Progress:
         log_full=node.log_state.full,
         log_stalled=node.log_state.stalled,
         log_usage=round(node.log_state.usage, 4),
+        lag=node.lag,
     )
 
 
@@ -67,10 +68,8 @@ def healthz(state: State) -> Response[Progress]:
 @get("/readyz", sync_to_thread=False)
 def readyz(state: State) -> Response[Progress]:
     node: Node = state.node
-    ready = node.ready
-    return Response(
-        _progress(node, "ready" if ready else "not_ready"), status_code=200 if ready else 503
-    )
+    ready, status = node.readiness()
+    return Response(_progress(node, status), status_code=200 if ready else 503)
 
 
 def _gate(request: Request[object, object, State]) -> Gate:
@@ -96,7 +95,7 @@ async def list_messages(
     wait = node.settings.min_seq_wait
     if min_seq is not None and replica.applied < min_seq:
         if replica.waiting >= node.settings.min_seq_waiters:
-            node.writer.limiter.refused["min_seq_waiters"] += 1
+            node.refused["min_seq_waiters"] += 1
             raise ServiceError(
                 503, "busy", f"{replica.waiting} reads are waiting for a seq already; retry "
                 "(MIN_SEQ_WAITERS)",

@@ -1,6 +1,7 @@
-"""Per-sender send rates: a token bucket per user (per client address in anonymous mode),
-on this node. A sender over its rate is answered 429 / a ``rate_limited`` frame with
-when to retry; nothing is published, and its socket stays open."""
+"""Rates: a token bucket per sender (a user; a client address in anonymous mode) on this
+node for sends, and one per socket for joins. Over its rate, a sender is answered 429 / a
+``rate_limited`` frame with when to retry; nothing is published or joined, and its socket
+stays open."""
 
 import math
 import time
@@ -14,22 +15,25 @@ after ``burst / rate`` seconds, so dropping it forgives little)."""
 
 
 class RateLimited(ServiceError):
-    def __init__(self, retry_after: float, rate: float) -> None:
+    def __init__(self, retry_after: float, what: str, names: str) -> None:
         super().__init__(
-            429, "rate_limited",
-            f"more than {rate:g} sends/s from this sender on this node; retry in "
-            f"{retry_after:.2f}s (SEND_RATE, SEND_BURST)",
+            429, "rate_limited", f"more than {what}; retry in {retry_after:.2f}s ({names})",
             {"Retry-After": str(math.ceil(retry_after))},
         )  # fmt: skip
         self.retry_after = retry_after
 
 
+def refill(tokens: float, last: float, now: float, rate: float, burst: float) -> float:
+    """A bucket's tokens at ``now``: what it held at ``last`` plus what ``rate`` added."""
+    return min(burst, tokens + (now - last) * rate)
+
+
 class SendLimiter:
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, refused: Counter[str]) -> None:
         self.rate = rate
         self.burst = float(burst)
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self.refused: Counter[str] = Counter()
+        self.refused = refused
 
     def take(self, sender: str) -> None:
         """One send by ``sender`` now, or RateLimited."""
@@ -37,11 +41,15 @@ class SendLimiter:
             return
         now = time.monotonic()
         tokens, last = self._buckets.pop(sender, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        tokens = refill(tokens, last, now, self.rate, self.burst)
         if tokens < 1.0:
             self._buckets[sender] = (tokens, now)
             self.refused["send_rate"] += 1
-            raise RateLimited((1.0 - tokens) / self.rate, self.rate)
+            raise RateLimited(
+                (1.0 - tokens) / self.rate,
+                f"{self.rate:g} sends/s from this sender on this node",
+                "SEND_RATE, SEND_BURST",
+            )
         self._buckets[sender] = (tokens - 1.0, now)
         if len(self._buckets) > MAX_SENDERS:
             self._buckets.popitem(last=False)

@@ -67,6 +67,8 @@ class NodeMetrics:
                 "token_expired = 4002)")  # fmt: skip
         counter("chat.limits.refused", [self._refused], "{request}",
                 "Requests refused by a limit, by reason: send_rate (429), min_seq_waiters "
+                "(503 busy), connections (503), header_timeout (408), read_timeout (closed), "
+                "ws_per_user (1008), join_rate (error frame)"
                 "(503 busy)")  # fmt: skip
         gauge("chat.reads.waiting", [self._waiting], "{read}",
               "Reads waiting for a min_seq now (at most MIN_SEQ_WAITERS)")  # fmt: skip
@@ -83,7 +85,7 @@ class NodeMetrics:
         yield Observation(max(self._follower.stream_last_seq, self._replica.applied))
 
     def _lag_messages(self, _: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(max(0, self._follower.stream_last_seq - self._replica.applied))
+        yield Observation(self._node.lag)
 
     def _lag_seconds(self, _: CallbackOptions) -> Iterable[Observation]:
         replica = self._replica
@@ -160,5 +162,5 @@ class NodeMetrics:
         yield Observation(self._replica.waiting)
 
     def _refused(self, _: CallbackOptions) -> Iterable[Observation]:
-        for reason, count in self._node.writer.limiter.refused.items():
+        for reason, count in self._node.refused.items():
             yield Observation(count, {"reason": reason})

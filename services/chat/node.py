@@ -1,5 +1,6 @@
 """A chat node's parts, created once and shared by its routes, and their lifecycle."""
 
+from collections import Counter
 from dataclasses import dataclass
 
 from opentelemetry.metrics import Meter
@@ -17,7 +18,19 @@ from chat.ws import Hub
 from chatlog import ChatLog
 from chatlog.roles import NODE
 from chatlog.stream import DEFAULT_MAX_TEXT
+from servicekit.connections import Guard
 from servicekit.tasks import Background
+
+
+def readiness(caught_up: bool, lag: int, max_lag: int) -> tuple[bool, str]:
+    """(ready, status) for /readyz. A node merely behind the log stays ready and says
+    ``lagging``: a whole fleet going unready at once under a burst would be worse than
+    serving a little late. Only beyond ``max_lag`` (READY_MAX_LAG, when set) is it not."""
+    if not caught_up:
+        return False, "not_ready"
+    if lag <= 0:
+        return True, "ready"
+    return (max_lag == 0 or lag <= max_lag), "lagging"
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,10 @@ class Node:
     """Tokens, origins and permissions: every route and socket asks it."""
     policy: Policy
     """The grants, watched from the bucket beside the log."""
+    guard: Guard
+    """Connection limits: the server's protocol class and its sweep come from it."""
+    refused: Counter[str]
+    """Requests and sockets refused by a limit, by reason (chat_limits_refused_total)."""
 
     @classmethod
     def create(cls, settings: NodeSettings, meter: Meter, tracing: bool) -> "Node":
@@ -45,7 +62,8 @@ class Node:
         replica = Replica(DEFAULT_MAX_TEXT, settings.keep_per_channel)
         log_state = LogState()
         gate = Gate(settings.auth)  # ConfigError without keys, unless --no-auth
-        hub = Hub()
+        refused: Counter[str] = Counter()
+        hub = Hub(settings, refused)
         return cls(
             settings=settings,
             chatlog=chatlog,
@@ -58,20 +76,33 @@ class Node:
                 SendMetrics(meter),
                 tracing,
                 gate,
-                SendLimiter(settings.send_rate, settings.send_burst),
+                SendLimiter(settings.send_rate, settings.send_burst, refused),
             ),
             hub=hub,
             background=Background(),
             log_state=log_state,
             gate=gate,
             policy=Policy(chatlog, gate.grants, hub),
+            guard=Guard(settings.connections, refused),
+            refused=refused,
         )
 
     @property
-    def ready(self) -> bool:
-        """The /readyz answer: the follower runs and has caught up, and we are not draining."""
+    def lag(self) -> int:
+        """Messages the log holds that this replica has not applied, as of the watchdog's
+        last look at the stream (once a second)."""
+        return max(self.follower.stream_last_seq - self.replica.applied, 0)
+
+    def readiness(self) -> tuple[bool, str]:
+        """The /readyz answer: the follower runs and has caught up once, the grants are
+        loaded, we are not draining, and the lag is within READY_MAX_LAG."""
         grants = self.policy.loaded or not self.gate.enabled
-        return self.follower.ready and grants and not self.hub.draining
+        caught_up = self.follower.ready and grants and not self.hub.draining
+        return readiness(caught_up, self.lag, self.settings.ready_max_lag)
+
+    @property
+    def ready(self) -> bool:
+        return self.readiness()[0]
 
     @property
     def saves_snapshots(self) -> bool:
@@ -88,6 +119,7 @@ class Node:
         if self.gate.verifier is not None:
             self.gate.verifier.on_change.append(self.hub.keys_changed)
         self.background.start("follower", self.follower.run())
+        self.background.start("stalled sockets", self.hub.watch_stalls())
         if self.gate.enabled:
             self.background.start("grants", self.policy.run())
         if self.gate.verifier is not None and self.gate.verifier.has_remote_keys:

@@ -16,6 +16,7 @@ from options import (
     positive_int,
     setting,
 )
+from servicekit.connections import ConnectionSettings
 from servicekit.logs import log_level
 
 
@@ -42,6 +43,7 @@ class NodeSettings:
     )  # fmt: skip
     log: LogSettings = nested(LogSettings)
     auth: AuthSettings = nested(AuthSettings)
+    connections: ConnectionSettings = nested(ConnectionSettings)
     grace: float = setting(
         10.0, flag="--grace", env="GRACE_SECONDS", parse=positive_float,
         help="seconds SIGTERM waits for WebSockets to close with 1001",
@@ -81,6 +83,33 @@ class NodeSettings:
         1000, flag="--min-seq-waiters", env="MIN_SEQ_WAITERS", parse=positive_int,
         help="reads that may wait for a min_seq at once; more are answered 503 busy at once "
         "(10,000 waiting reads slowed /healthz to 3.7 s and grew a node by 114 MiB)",
+    )  # fmt: skip
+    ws_per_user: int = setting(
+        100, flag="--ws-per-user", env="WS_PER_USER", parse=non_negative_int,
+        help="WebSockets one user (one client address with --no-auth) may hold open on this "
+        "node; another is closed with 1008 too_many_sockets; 0: no limit",
+    )  # fmt: skip
+    join_rate: float = setting(
+        10.0, flag="--join-rate", env="WS_JOIN_RATE", parse=non_negative_float,
+        help="joins per second one WebSocket may make, on average, after a first 100 (a "
+        "reconnecting client joins all its channels at once); beyond it the error frame "
+        "rate_limited; 0: no limit",
+    )  # fmt: skip
+    history_rate: float = setting(
+        20.0, flag="--history-rate", env="WS_HISTORY_RATE", parse=non_negative_float,
+        help="pages of history (256 messages) one WebSocket may read from the log per second "
+        "while it catches up on messages this node no longer holds (--keep-per-channel); "
+        "further pages wait; 0: no limit",
+    )  # fmt: skip
+    ws_send_timeout: float = setting(
+        10.0, flag="--ws-send-timeout", env="WS_SEND_TIMEOUT", parse=positive_float,
+        help="seconds a WebSocket may take no frame while frames wait for it (a client "
+        "that stopped reading); then it is closed with 1013 and resumes with after",
+    )  # fmt: skip
+    ready_max_lag: int = setting(
+        0, flag="--ready-max-lag", env="READY_MAX_LAG", parse=non_negative_int,
+        help="messages this node may be behind the log and still say ready; /readyz always "
+        "reports the lag, and says lagging while there is one; 0: never unready for lag",
     )  # fmt: skip
     min_seq_wait: float = setting(
         5.0, flag="--min-seq-wait", env="MIN_SEQ_WAIT", parse=positive_float,

@@ -43,6 +43,8 @@ class Progress(msgspec.Struct, frozen=True):
     """The log has answered none of the last sends although NATS is connected."""
     log_usage: float
     """Bytes stored / the log's byte limit (0 without a limit)."""
+    lag: int
+    """Messages in the log not yet applied here (as of the last look, once a second)."""
 
 
 # WebSocket, client to node: a tagged union on "op".

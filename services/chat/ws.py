@@ -21,7 +21,7 @@ from litestar import WebSocket
 
 from auth import Gate, Identity
 from chat import history
-from chat.limits import RateLimited
+from chat.limits import RateLimited, refill
 from chat.replica import Replica
 from chat.settings import NodeSettings
 from chat.wire import (
@@ -79,12 +79,14 @@ class WsStats:
     """Plain counters, read by the metrics callbacks at scrape time: nothing on the
     delivery path but an integer add."""
 
-    __slots__ = ("closed", "delivered", "joins")
+    __slots__ = ("closed", "delivered", "joins", "refused")
 
-    def __init__(self) -> None:
+    def __init__(self, refused: Counter[str]) -> None:
         self.joins = 0
         self.delivered = 0
         self.closed: Counter[str] = Counter()
+        self.refused = refused
+        """The node's refusals by limit (shared with the writer and the connection guard)."""
 
 
 class Subscription:
@@ -132,6 +134,18 @@ class Session:
         self._inflight = asyncio.Semaphore(settings.ws_inflight_sends)
         self._receiving = True
         self._sender: asyncio.Task[None] | None = None
+        client = socket.client
+        self.address = client.host if client else ""
+        self.sent = 0
+        """Frames written: the hub's sweep closes a socket that takes none while it has some
+        to take (a client that stopped reading) with 1013."""
+        self.idle = True
+        """The sender has nothing to write (it waits for the next frame)."""
+        self._mark: tuple[int, float] | None = None
+        """(frames written, when first seen so) while the sender is busy: the stall check."""
+        loop = asyncio.get_running_loop()
+        self._joins = (float(settings.ws_max_channels), loop.time())
+        self._pages = (1.0, loop.time())
         if identity is not None:
             self._authenticated(identity, announce=False)  # the handshake carried it
 
@@ -165,11 +179,12 @@ class Session:
                 async with asyncio.timeout(self._settings.ws_close_timeout):
                     await self._ws.close(*self._close)
 
-    def close(self, code: int, reason: str, flush: bool = True) -> None:
+    def close(self, code: int, reason: str, flush: bool = True, label: str | None = None) -> None:
+        """``label``: the reason in chat_ws_closed_total, when not the code's usual one."""
         if self._close is not None:
             return
         self._close = (code, reason)
-        self._stats.closed[CLOSE_REASONS.get(code, str(code))] += 1
+        self._stats.closed[label or CLOSE_REASONS.get(code, str(code))] += 1
         self._receiving = False
         if not flush:
             self._out.clear()
@@ -204,7 +219,15 @@ class Session:
     def _authenticated(self, identity: Identity, announce: bool = True) -> None:
         if self.identity is None:
             self.identity = identity
-            self._hub.register(self)
+            if not self._hub.register(self):
+                self.identity = None
+                limit = self._settings.ws_per_user
+                self._queue(ErrorFrame(
+                    code="too_many_sockets",
+                    detail=f"at most {limit} WebSockets per user on this node (WS_PER_USER)",
+                ))  # fmt: skip
+                self.close(CLOSE_POLICY, "too many sockets", label="too_many_sockets")
+                return
         else:
             self.identity = identity
             self.recheck()  # a refreshed token may allow less than the one before
@@ -270,19 +293,23 @@ class Session:
                     await self._catch_up(sub)
                 else:
                     await self._ws.send_text(frame)
+                    self.sent += 1
                     if sub is not None:
                         self._stats.delivered += 1
                 continue
             if self._close is not None:
                 return
             self._wake.clear()
+            self.idle = True
             await self._wake.wait()
+            self.idle = False
 
     async def _catch_up(self, sub: Subscription) -> None:
         while self._subs.get(sub.channel) is sub and self._close is None:
             if sub.cursor < self._replica.dropped_through(sub.channel):
                 # Older than what this node holds: from the log, then loop and look again
                 # (the replica may have dropped more while we were awaiting).
+                await self._pace_history()
                 try:
                     old = await history.read(
                         self._replica, self._chatlog, sub.channel, sub.cursor, PAGE
@@ -295,6 +322,7 @@ class Session:
                     if seq > sub.cursor:
                         await self._ws.send_text(message_frame(record_json))
                         sub.cursor = seq
+                        self.sent += 1
                         self._stats.delivered += 1
                 continue
             page = self._replica.read(sub.channel, sub.cursor, PAGE)
@@ -306,7 +334,36 @@ class Session:
             for seq, record_json in page:
                 await self._ws.send_text(message_frame(record_json))
                 sub.cursor = seq
+                self.sent += 1
                 self._stats.delivered += 1
+
+    async def _pace_history(self) -> None:
+        """Log reads of one socket at most WS_HISTORY_RATE pages a second: the pages wait,
+        they are not refused (the client asked for them once, with its join)."""
+        rate = self._settings.history_rate
+        if rate <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        tokens, last = self._pages
+        now = loop.time()
+        tokens = refill(tokens, last, now, rate, 1.0)
+        if tokens < 1.0:
+            self._stats.refused["history_rate"] += 1  # delayed, not refused
+            await asyncio.sleep((1.0 - tokens) / rate)
+            now, tokens = loop.time(), 1.0
+        self._pages = (tokens - 1.0, now)
+
+    def check_stall(self, now: float, limit: float) -> None:
+        """The hub's sweep, once a second: a socket that had frames to write but took none
+        for ``limit`` seconds is closed with 1013 (it resumes with ``after``). Without this,
+        a client that stops reading during a long catch-up ends with uvicorn's keepalive
+        1011 after 40 s instead."""
+        if self.idle or self._close is not None:
+            self._mark = None
+        elif self._mark is None or self._mark[0] != self.sent:
+            self._mark = (self.sent, now)
+        elif now - self._mark[1] >= limit:
+            self.close(CLOSE_TRY_AGAIN, "client too slow; reconnect and join with after", False)
 
     async def _receive_loop(self) -> None:
         while self._receiving:
@@ -338,6 +395,11 @@ class Session:
                 self.close(CLOSE_UNAUTHORIZED, "no token")
                 return
             elif isinstance(frame, Join):
+                try:
+                    self._take_join()
+                except RateLimited as exc:
+                    await self._refused(exc, None)
+                    return
                 self._join(frame, self.identity)
             elif isinstance(frame, Leave):
                 self._leave(frame)
@@ -346,8 +408,7 @@ class Session:
                     client = self._ws.client
                     self._writer.admit(self.identity, client.host if client else "")
                 except RateLimited as exc:
-                    # Not a bad frame: the client is told when to retry; the socket stays.
-                    self._queue(error_frame(exc, frame.id))
+                    await self._refused(exc, frame.id)
                     return
                 self._writer.check(self.identity, frame.channel, frame.text, frame.user)
                 await self._inflight.acquire()
@@ -358,6 +419,14 @@ class Session:
             self._bad(error_frame(exc, getattr(frame, "id", None)))
             return
         self._bad_in_a_row = 0
+
+    async def _refused(self, exc: RateLimited, msg_id: str | None) -> None:
+        """Not a bad frame: the client is told when to retry, and the socket stays. Its
+        next frame is read only then: a flood waits in the client's own buffers (TCP
+        pushes back) instead of costing this node a refusal per frame. A WebSocket
+        flooding as fast as it could once took the node's whole event loop."""
+        self._queue(error_frame(exc, msg_id))
+        await asyncio.sleep(exc.retry_after)
 
     async def reverify(self) -> None:
         """The key set changed: a token whose key left it no longer admits this socket."""
@@ -391,6 +460,19 @@ class Session:
         self._bad_in_a_row += 1
         if self._bad_in_a_row >= self._settings.ws_bad_frames:
             self.close(CLOSE_POLICY, f"{self._bad_in_a_row} bad frames in a row")
+
+    def _take_join(self) -> None:
+        rate = self._settings.join_rate
+        if rate <= 0:
+            return
+        now = asyncio.get_running_loop().time()
+        tokens = refill(*self._joins, now, rate, float(self._settings.ws_max_channels))
+        if tokens < 1.0:
+            self._joins = (tokens, now)
+            self._stats.refused["join_rate"] += 1
+            retry = (1.0 - tokens) / rate
+            raise RateLimited(retry, f"{rate:g} joins/s on this socket", "WS_JOIN_RATE")
+        self._joins = (tokens - 1.0, now)
 
     def _join(self, frame: Join, who: Identity) -> None:
         channel = check_channel(frame.channel)
@@ -441,23 +523,51 @@ class Session:
 class Hub:
     """Every open session, so that shutdown, epoch changes and revocations reach them."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: NodeSettings, refused: Counter[str]) -> None:
         self.sessions: set[Session] = set()
         self.by_user: dict[str, set[Session]] = {}
+        """Authenticated sockets by user; in anonymous mode by ``addr:`` client address."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._settings = settings
         self.draining = False
-        self.stats = WsStats()
+        self.stats = WsStats(refused)
 
-    def register(self, session: Session) -> None:
-        if session.identity is not None and session.identity.user is not None:
-            self.by_user.setdefault(session.identity.user, set()).add(session)
+    @staticmethod
+    def _key(session: Session) -> str | None:
+        who = session.identity
+        if who is None:
+            return None
+        return who.user if who.user is not None else f"addr:{session.address}"
+
+    def register(self, session: Session) -> bool:
+        """Count ``session`` as its user's, or False: the user holds WS_PER_USER already."""
+        key = self._key(session)
+        assert key is not None
+        mine = self.by_user.setdefault(key, set())
+        limit = self._settings.ws_per_user
+        if limit and len(mine) >= limit:
+            self.stats.refused["ws_per_user"] += 1
+            return False
+        mine.add(session)
+        return True
 
     def forget(self, session: Session) -> None:
-        user = session.identity.user if session.identity is not None else None
-        if user is not None and user in self.by_user:
-            self.by_user[user].discard(session)
-            if not self.by_user[user]:
-                del self.by_user[user]
+        key = self._key(session)
+        mine = self.by_user.get(key) if key is not None else None
+        if mine is not None:
+            mine.discard(session)
+            if not mine:
+                del self.by_user[key]  # type: ignore[arg-type]
+
+    async def watch_stalls(self) -> None:
+        """The sweep of :meth:`Session.check_stall`, once a second, for the node's life."""
+        limit = self._settings.ws_send_timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, limit / 2))
+            now = loop.time()
+            for session in list(self.sessions):
+                session.check_stall(now, limit)
 
     def recheck(self, user: str) -> None:
         """A grant of ``user`` changed: each of their sockets leaves what it may no longer

@@ -287,11 +287,13 @@ def _node(settings: NodeSettings, env: Mapping[str, str]) -> int:
 
     logs.configure("chat-node", settings.log_level, node_id=settings.node_id)
     app = create_app(settings, telemetry.start("chat-node", settings.node_id, env))
-    hub = app.state.node.hub
+    node = app.state.node
+    hub = node.hub
     serve.run(
         app,
         settings.host,
         settings.port,
+        node.guard,
         grace=settings.grace,
         before_exit=lambda: hub.drain(settings.grace),
     )
@@ -305,11 +307,8 @@ def _archiver(settings: ArchiverSettings, env: Mapping[str, str]) -> int:
 
     instance = f"{socket.gethostname()}:{settings.port}"
     logs.configure("archiver", settings.log_level, node_id=instance)
-    serve.run(
-        create_app(settings, telemetry.start("archiver", instance, env)),
-        settings.host,
-        settings.port,
-    )
+    app = create_app(settings, telemetry.start("archiver", instance, env))
+    serve.run(app, settings.host, settings.port, app.state.guard)
     return 0
 
 

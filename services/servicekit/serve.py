@@ -12,6 +12,8 @@ from types import FrameType
 import uvicorn
 from litestar import Litestar
 
+from servicekit.connections import Guard
+
 
 class _Server(uvicorn.Server):
     def __init__(
@@ -19,8 +21,10 @@ class _Server(uvicorn.Server):
         config: uvicorn.Config,
         before_exit: Callable[[], Awaitable[None]] | None,
         grace: float,
+        guard: Guard,
     ) -> None:
         super().__init__(config)
+        self._guard = guard
         self._before_exit = before_exit
         self._grace = grace
         self._draining: asyncio.Task[None] | None = None
@@ -28,7 +32,11 @@ class _Server(uvicorn.Server):
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)  # type: ignore[arg-type]
+        sweep = asyncio.create_task(self._guard.sweep(self.server_state))
+        try:
+            await super().serve(sockets)  # type: ignore[arg-type]
+        finally:
+            sweep.cancel()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._before_exit is None or self._loop is None or self._draining is not None:
@@ -55,6 +63,7 @@ def run(
     app: Litestar,
     host: str,
     port: int,
+    guard: Guard,
     *,
     grace: float = 10.0,
     before_exit: Callable[[], Awaitable[None]] | None = None,
@@ -64,7 +73,7 @@ def run(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=guard.protocol(),  # uvicorn's httptools protocol with our connection limits
         ws="websockets-sansio",
         lifespan="on",
         access_log=False,
@@ -76,4 +85,4 @@ def run(
         # fan-out. Chat frames are small; we send them uncompressed.
         ws_per_message_deflate=False,
     )
-    _Server(config, before_exit, grace).run()
+    _Server(config, before_exit, grace, guard).run()

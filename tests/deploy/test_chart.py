@@ -191,6 +191,13 @@ def test_chat_nodes_get_only_settings_the_node_reads(
     assert "KEEP_PER_CHANNEL" in env and (settings.keep_per_channel is None) == (
         env["KEEP_PER_CHANNEL"] == "0"
     )
+    # the chart's limits are the node's own defaults, which docs/limits.md explains
+    defaults = NodeSettings()
+    limits = ("connections", "send_rate", "send_burst", "min_seq_waiters", "ws_per_user")
+    more = ("join_rate", "history_rate", "ws_send_timeout", "ready_max_lag")
+    for field in (*limits, *more):
+        assert getattr(settings, field) == getattr(defaults, field), field
+    assert {"MAX_CONNECTIONS", "SEND_RATE", "WS_PER_USER", "READY_MAX_LAG"} <= set(env)
     # who it is to NATS: the node user, with the node password from the Secret
     assert settings.log.user == NODE
     assert settings.log.password == rendered.secrets[rendered.credentials][NODE]
@@ -227,6 +234,7 @@ def test_archiver_and_job_get_only_settings_they_read(
     args = parse(archiver["command"], env, monkeypatch)
     settings = options.build(ArchiverSettings, args, env)
     assert settings.port == port_named(archiver, "http")
+    assert settings.connections == ArchiverSettings().connections and "HEADER_TIMEOUT" in env
     assert (settings.log.user, settings.log.password) == (
         ARCHIVER,
         rendered.secrets[rendered.credentials][ARCHIVER],

@@ -238,3 +238,13 @@ dependent variable syntax: the kubelet fills it in from the env var above it. */
         path: jwks.json
 {{- end }}
 {{- end -}}
+
+{{/* The connection limits of a server (servicekit.connections), from its `limits` values. */}}
+{{- define "chat-cluster.connectionLimitsEnv" -}}
+- name: MAX_CONNECTIONS
+  value: {{ .maxConnections | quote }}
+- name: HEADER_TIMEOUT
+  value: {{ .headerTimeout | quote }}
+- name: READ_TIMEOUT
+  value: {{ .readTimeout | quote }}
+{{- end -}}
