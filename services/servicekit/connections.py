@@ -135,10 +135,17 @@ class Guard:
                 super().on_message_complete()
 
             def on_response_complete(self) -> None:
-                # The next request's headers are due from now (uvicorn's keep-alive timer
-                # closes an idle connection sooner; this one covers a partial request).
-                self.waiting_for, self.since = "headers", time.monotonic()
-                super().on_response_complete()
+                super().on_response_complete()  # may start a pipelined request's cycle
+                cycle = self.cycle
+                if cycle is not None and not cycle.response_complete:
+                    # A pipelined request runs: no deadline once it was read whole; while
+                    # its body still arrives, the one set at its headers stands.
+                    if not cycle.more_body:
+                        self.waiting_for = None
+                else:
+                    # The next request's headers are due from now (uvicorn's keep-alive
+                    # timer closes an idle connection sooner; this covers a partial one).
+                    self.waiting_for, self.since = "headers", time.monotonic()
 
             def handle_websocket_upgrade(self) -> None:
                 self.waiting_for = None

@@ -53,6 +53,26 @@ async def test_headers_that_never_end_are_answered_408_and_closed(procs: NodePro
     assert await asyncio.to_thread(refused, node.url, "header_timeout") == 2
 
 
+async def test_a_pipelined_request_the_app_holds_is_not_cut(procs: NodeProcs) -> None:
+    """The header deadline is the client's: a second request pipelined behind a slow one
+    was read whole, and the app holding it longer than HEADER_TIMEOUT is no reason to cut
+    the connection."""
+    node = procs.node("a", "--header-timeout", "1", "--min-seq-wait", "2")
+    far = (
+        f"GET /messages?channel=p&min_seq={10**9} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    )
+    last = far.replace("HTTP/1.1\r\n", "HTTP/1.1\r\nConnection: close\r\n")
+    sock = socket.create_connection(("127.0.0.1", node.port), timeout=15)
+    try:
+        sock.sendall((far + last).encode())
+        answer = await asyncio.to_thread(read_all, sock)
+    finally:
+        sock.close()
+    assert answer.count(b"HTTP/1.1 503 ") == 2 and b" 408 " not in answer, answer
+    assert answer.count(b'"not_caught_up"') == 2
+
+
 async def test_a_body_that_never_ends_is_cut_and_nothing_is_stored(procs: NodeProcs) -> None:
     node = procs.node("a", "--read-timeout", "1")
     body = json.dumps({"channel": "slow", "text": "never finished"}).encode()
