@@ -1,14 +1,20 @@
 """Connection limits below the app: a cap on open connections, and deadlines for a
 request's headers and body.
 
-uvicorn has neither: a client that opens a socket and never finishes its headers holds
-it for ever (one stayed 130 s; 20,000 of them exhausted a node's file descriptors and
-its accept loop went quiet). Our protocol class is uvicorn's HTTP protocol with three
-additions: a connection over ``MAX_CONNECTIONS`` is answered 503 and closed at once (the
-accept loop keeps running: we stay below the process's descriptor limit), and a sweep
-once a second closes connections whose headers (``HEADER_TIMEOUT``) or body
-(``READ_TIMEOUT``) have not arrived in time. The sweep costs nothing per request but a
-timestamp; a timer per request would cost a handle each.
+uvicorn has none of these: a client that opens a socket and never finishes its headers
+holds it for ever (one stayed 130 s; 20,000 of them exhausted a node's file descriptors
+and its accept loop went quiet). Our protocol class is uvicorn's HTTP protocol with:
+
+- a connection over ``MAX_CONNECTIONS``, or over ``MAX_CONNECTIONS_PER_ADDRESS`` from
+  one client address, answered 503 at once (the accept loop keeps running: the cap
+  stays below the process's descriptor limit);
+- at most ``MAX_PIPELINED`` requests queued per connection (uvicorn queues without a
+  bound: 400,000 pipelined requests grew a node to 1 GB);
+- a sweep once a second that closes connections whose headers (``HEADER_TIMEOUT``) or
+  body (``READ_TIMEOUT``) have not arrived in time, and drops those whose client left
+  its answers unread for ``WRITE_TIMEOUT`` (they held the app's tasks and the node's
+  CPU). The sweep costs nothing per request but a timestamp; a timer per request would
+  cost a handle each.
 
 A WebSocket leaves this class at its upgrade; it still counts towards the cap (uvicorn
 keeps every protocol in one set), and its own limits are the chat node's.
@@ -32,6 +38,11 @@ from servicekit.shapes import Problem
 
 log = logging.getLogger("servicekit.connections")
 
+MAX_PIPELINED = 16
+"""Requests one connection may have waiting behind the one being answered."""
+CLOSE_GRACE = 2.0
+"""Seconds a closing connection may take to write what it still holds (or a refused one
+to read what its client still sends) before it is aborted."""
 RESERVED_FDS = 256
 """Descriptors kept for everything but client sockets: NATS, snapshots, logs, the
 listening socket. The cap is lowered to fit under the process's limit with these."""
@@ -49,6 +60,18 @@ class ConnectionSettings:
         10.0, flag="--header-timeout", env="HEADER_TIMEOUT", parse=non_negative_float,
         help="seconds a client has to send a request's headers, from connecting or from "
         "the previous response; then 408 and the connection is closed; 0: no limit",
+    )  # fmt: skip
+    max_per_address: int = setting(
+        1000, flag="--max-connections-per-address", env="MAX_CONNECTIONS_PER_ADDRESS",
+        parse=non_negative_int,
+        help="HTTP connections one client address may hold open (a WebSocket counts only "
+        "until its upgrade); beyond it 503; 0: no limit. Behind a proxy every connection "
+        "has the proxy's address: set 0 there and limit clients at the proxy",
+    )  # fmt: skip
+    write_timeout: float = setting(
+        30.0, flag="--write-timeout", env="WRITE_TIMEOUT", parse=non_negative_float,
+        help="seconds a client may leave its answers unread once the connection's buffer "
+        "is full; then the connection is dropped; 0: no limit",
     )  # fmt: skip
     read_timeout: float = setting(
         30.0, flag="--read-timeout", env="READ_TIMEOUT", parse=non_negative_float,
@@ -102,6 +125,17 @@ class Guard:
             503, "Service Unavailable", "too_many_connections",
             f"this server holds {cap} connections (MAX_CONNECTIONS); retry or use another",
         )  # fmt: skip
+        self._too_many_here = _answer(
+            503, "Service Unavailable", "too_many_connections",
+            f"this server holds {settings.max_per_address} connections from one address "
+            "(MAX_CONNECTIONS_PER_ADDRESS)",
+        )  # fmt: skip
+        self._pipelined = _answer(
+            400, "Bad Request", "too_many_pipelined",
+            f"at most {MAX_PIPELINED} requests may wait for their answers on one connection",
+        )  # fmt: skip
+        self.by_address: dict[str, int] = {}
+        """Open HTTP connections by client address (WebSockets leave it at their upgrade)."""
         self._too_slow = _answer(
             408, "Request Timeout", "header_timeout",
             f"request headers did not arrive within {settings.header_timeout:g}s (HEADER_TIMEOUT)",
@@ -110,25 +144,96 @@ class Guard:
     def protocol(self) -> type[HttpToolsProtocol]:
         """uvicorn's HTTP protocol class, with this guard's limits."""
         guard = self
+        settings = self.settings
 
         class GuardedHttp(HttpToolsProtocol):
-            # The deadline the sweep checks: "headers" or "body" since ``since``; None while
-            # the app holds the request (its time is not the client's).
+            # The deadline the sweep checks: "headers" or "body" since ``since``;
+            # "refused" (answered 503, closing); None while the app holds the request
+            # (its time is not the client's).
             waiting_for: str | None = None
             since = 0.0
+            write_paused_at: float | None = None
+            """When the transport's buffer went over its high-water mark: a client that
+            stops reading its answers holds them (and the app's task) until
+            WRITE_TIMEOUT."""
+            closing_since: float | None = None
+            address: str | None = None
+            """Counted in ``guard.by_address`` while set."""
+            too_many_pipelined = False
+            running: Any = None
+            """The cycle whose app task runs (uvicorn's ``cycle`` is the newest parsed)."""
 
             def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
                 super().connection_made(transport)
+                now = time.monotonic()
+                host = self.client[0] if self.client else None
+                per_address = guard.by_address.get(host, 0) if host else 0
                 if len(self.connections) > guard.max_connections:
-                    guard.refused["connections"] += 1
-                    transport.write(guard._too_many)
-                    transport.close()
-                    return
-                self.waiting_for, self.since = "headers", time.monotonic()
+                    self._refuse("connections", guard._too_many, now)
+                elif host and settings.max_per_address and per_address >= settings.max_per_address:
+                    self._refuse("connections_per_address", guard._too_many_here, now)
+                else:
+                    if host:
+                        self.address = host
+                        guard.by_address[host] = per_address + 1
+                    self.waiting_for, self.since = "headers", now
+
+            def _refuse(self, reason: str, answer: bytes, now: float) -> None:
+                # Answer, then half-close and read what the client still sends: closing
+                # with its request unread would reset the connection, and the client
+                # would see a reset instead of the 503. The sweep aborts it shortly.
+                guard.refused[reason] += 1
+                self.transport.write(answer)
+                if self.transport.can_write_eof():
+                    self.transport.write_eof()
+                self.waiting_for, self.since = "refused", now
+
+            def _uncount(self) -> None:
+                if self.address is not None:
+                    left = guard.by_address.get(self.address, 1) - 1
+                    if left > 0:
+                        guard.by_address[self.address] = left
+                    else:
+                        guard.by_address.pop(self.address, None)
+                    self.address = None
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                self._uncount()
+                running = self.running
+                if running is not None and not running.response_complete:
+                    # uvicorn marks only its newest cycle disconnected; with pipelining
+                    # that is a queued one, and the running app then writes to a closed
+                    # transport (an ERROR traceback per connection, a log an attacker
+                    # could fill).
+                    running.disconnected = True
+                    running.message_event.set()
+                super().connection_lost(exc)
+
+            def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+                self.running = cycle
+                super()._start_asgi_task(cycle, app)
+
+            def data_received(self, data: bytes) -> None:
+                if self.waiting_for != "refused":
+                    super().data_received(data)
 
             def on_headers_complete(self) -> None:
+                if len(self.pipeline) >= MAX_PIPELINED:
+                    # uvicorn queues every pipelined request it has parsed, without a
+                    # bound: 400,000 in one connection grew a node to 1 GB. Raising here
+                    # stops the parser; uvicorn answers 400 (send_400_response) and closes.
+                    self.too_many_pipelined = True
+                    raise OverflowError("too many pipelined requests")
                 self.waiting_for, self.since = "body", time.monotonic()
                 super().on_headers_complete()
+
+            def send_400_response(self, msg: str) -> None:
+                if not self.too_many_pipelined:
+                    super().send_400_response(msg)
+                    return
+                guard.refused["pipelined"] += 1
+                self.transport.write(guard._pipelined)
+                self.transport.close()
 
             def on_message_complete(self) -> None:
                 self.waiting_for = None
@@ -148,33 +253,61 @@ class Guard:
                     self.waiting_for, self.since = "headers", time.monotonic()
 
             def handle_websocket_upgrade(self) -> None:
+                # A WebSocket's limits are the app's (sockets per user, the auth timeout).
                 self.waiting_for = None
+                self._uncount()
                 super().handle_websocket_upgrade()
 
+            def pause_writing(self) -> None:
+                self.write_paused_at = time.monotonic()
+                super().pause_writing()
+
+            def resume_writing(self) -> None:
+                self.write_paused_at = None
+                super().resume_writing()
+
             def overdue(self, now: float) -> None:
-                waiting = self.waiting_for
-                if waiting is None or self.transport.is_closing():
+                transport = self.transport
+                paused = self.write_paused_at
+                if paused is not None and 0 < settings.write_timeout <= now - paused:
+                    guard.refused["write_timeout"] += 1
+                    transport.abort()  # close() would wait for a flush that never comes
                     return
-                limit = guard.settings.header_timeout
-                if waiting == "body":
-                    limit = guard.settings.read_timeout
+                if transport.is_closing():
+                    # A close waits for the buffer to be written; one that cannot be
+                    # (a client that stopped reading) must not hold the socket forever.
+                    if self.closing_since is None:
+                        self.closing_since = now
+                    elif now - self.closing_since >= CLOSE_GRACE:
+                        guard.refused["write_timeout"] += 1  # its answers stayed unread
+                        transport.abort()
+                    return
+                waiting = self.waiting_for
+                if waiting is None:
+                    return
+                limit = {
+                    "headers": settings.header_timeout,
+                    "body": settings.read_timeout,
+                    "refused": CLOSE_GRACE,
+                }[waiting]
                 if limit <= 0 or now - self.since < limit:
                     return
                 self.waiting_for = None
+                if waiting == "refused":
+                    transport.abort()
+                    return
                 if waiting == "headers":
                     guard.refused["header_timeout"] += 1
-                    self.transport.write(guard._too_slow)
+                    transport.write(guard._too_slow)
                 else:
                     # The app is reading this body: closing tells it the client is gone.
                     guard.refused["read_timeout"] += 1
-                self.transport.close()
+                transport.close()
 
         return GuardedHttp
 
     async def sweep(self, state: ServerState, interval: float = 1.0) -> None:
         """Close connections past their deadlines, once every ``interval`` seconds."""
-        if not (self.settings.header_timeout or self.settings.read_timeout):
-            return
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()

@@ -119,6 +119,70 @@ async def test_connections_beyond_the_cap_get_503_and_the_node_recovers(procs: N
     assert await asyncio.to_thread(refused, node.url, "connections") >= 1
 
 
+async def test_connections_beyond_the_cap_of_one_address_get_a_readable_503(
+    procs: NodeProcs,
+) -> None:
+    """One address may not hold the node's whole cap. The refused client sent its request
+    at once, and still reads the 503 (not a reset): the node half-closes and drains."""
+    node = procs.node("a", "--max-connections-per-address", "5")
+    held = [socket.create_connection(("127.0.0.1", node.port), timeout=15) for _ in range(5)]
+    try:
+        # The metrics are out of reach from this address now: every attempt must be
+        # refused, and each refusal readable.
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", node.port), timeout=15)
+            try:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                status, body = problem(await asyncio.to_thread(read_all, sock))
+            finally:
+                sock.close()
+            assert status == "HTTP/1.1 503 Service Unavailable", status
+            assert "MAX_CONNECTIONS_PER_ADDRESS" in body["detail"]
+    finally:
+        for sock in held:
+            sock.close()
+    await until(lambda: http("GET", node.url + "/healthz")[0] == 200, what="served again")
+    assert await asyncio.to_thread(refused, node.url, "connections_per_address") == 20
+
+
+async def test_pipelined_requests_are_bounded_per_connection(procs: NodeProcs) -> None:
+    """uvicorn queues every pipelined request it parses: 400,000 on one connection grew a
+    node to 1 GB. Beyond 16 waiting, the connection gets 400 too_many_pipelined."""
+    node = procs.node("a")
+    sock = socket.create_connection(("127.0.0.1", node.port), timeout=15)
+    try:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 1000)
+        answer = await asyncio.to_thread(read_all, sock)
+    finally:
+        sock.close()
+    assert answer.count(b"HTTP/1.1 200 OK") <= 17, answer.count(b"HTTP/1.1 200 OK")
+    assert b'"too_many_pipelined"' in answer
+    assert await asyncio.to_thread(refused, node.url, "pipelined") == 1
+    logged = node.log_path.read_text()
+    assert "Exception in ASGI application" not in logged
+
+
+async def test_a_client_that_never_reads_its_answers_is_dropped(procs: NodeProcs) -> None:
+    """An 8 MB answer that is never read fills every buffer on the way; after
+    WRITE_TIMEOUT the node drops the connection (close() would wait for ever)."""
+    node = procs.node("a", "--write-timeout", "1")
+    async with websockets.connect(ws_url(node.url), additional_headers=bearer()) as ws:
+        for _ in range(1000):
+            await ws.send(json.dumps({"op": "send", "channel": "big", "text": "x" * 8000}))
+        for _ in range(1000):
+            assert (await recv(ws, 30))["op"] == "ack"
+    sock = socket.create_connection(("127.0.0.1", node.port), timeout=15)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.sendall(
+            b"GET /messages?channel=big&limit=1000 HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n".encode()
+        )
+        await until(lambda: refused(node.url, "write_timeout") == 1, what="dropped")
+    finally:
+        sock.close()
+
+
 @pytest.mark.parametrize("anonymous", [False, True], ids=["per-user", "per-address"])
 async def test_sockets_per_user_are_capped(procs: NodeProcs, anonymous: bool) -> None:
     """WS_PER_USER: a third socket of one user (of one address with --no-auth) gets

@@ -70,6 +70,11 @@ def rss(node: Service) -> int:
     raise AssertionError("no VmRSS")
 
 
+def open_files(node: Service) -> int:
+    assert node.proc is not None
+    return len(list(Path(f"/proc/{node.proc.pid}/fd").iterdir()))
+
+
 def more_files(n: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < n:
@@ -124,12 +129,19 @@ async def well_behaved(node: Service, workdir: Path) -> AsyncIterator[dict[str, 
     report["rss_growth_mib"] = (rss(node) - before) / (1 << 20)
 
 
-def hold_idle_sockets(port: int, count: int) -> tuple[list[socket.socket], int]:
+ATTACKERS = ("127.0.0.2", "127.0.0.3")
+"""The attackers' addresses: the well-behaved client is 127.0.0.1, so a limit per client
+address does not hide an attack from it."""
+
+
+def hold_idle_sockets(
+    port: int, count: int, source: str = ATTACKERS[0]
+) -> tuple[list[socket.socket], int]:
     """Open ``count`` connections that send nothing; (those the node kept, 503s seen)."""
     kept: list[socket.socket] = []
     refused_now = 0
     for _ in range(count):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
         sock.setblocking(False)
         kept.append(sock)
     # A refused socket has its 503 waiting to be read; a kept one has nothing yet.
@@ -152,14 +164,22 @@ async def test_idle_sockets_beyond_the_cap_are_refused_and_the_rest_time_out(
     procs: NodeProcs, tmp_path: Path
 ) -> None:
     """20,000 sockets that never sent their headers once left a node deaf for 16 s. Here
-    3,000 against a cap of 2,000: the extra ones get 503 at once, the others 408 after
-    HEADER_TIMEOUT, and the well-behaved client never notices."""
+    1,500 from each of two addresses against a cap of 2,000 and 1,200 per address: the
+    extra ones get 503 at once, the others 408 after HEADER_TIMEOUT, and the
+    well-behaved client never notices."""
     more_files(10_000)
-    node = procs.node("a", "--max-connections", "2000", "--header-timeout", "3")
+    node = procs.node(
+        "a", "--max-connections", "2000", "--max-connections-per-address", "1200",
+        "--header-timeout", "3",
+    )  # fmt: skip
     async with well_behaved(node, tmp_path):
-        still, refused_now = await asyncio.to_thread(hold_idle_sockets, node.port, 3000)
+        still, refused_now = await asyncio.to_thread(hold_idle_sockets, node.port, 1500)
+        more, refused_more = await asyncio.to_thread(
+            hold_idle_sockets, node.port, 1500, ATTACKERS[1]
+        )
+        still += more
         try:
-            assert refused_now >= 900, refused_now
+            assert refused_now == 300 and refused_more >= 600, (refused_now, refused_more)
             for sock in still[:50]:
                 sock.setblocking(True)
             answers = await asyncio.to_thread(lambda: [read_all(s) for s in still[:50]])
@@ -167,8 +187,52 @@ async def test_idle_sockets_beyond_the_cap_are_refused_and_the_rest_time_out(
         finally:
             for sock in still:
                 sock.close()
-    assert await asyncio.to_thread(refused, node.url, "connections") >= 900
+    assert await asyncio.to_thread(refused, node.url, "connections_per_address") == 300
+    assert await asyncio.to_thread(refused, node.url, "connections") >= 600
     assert await asyncio.to_thread(refused, node.url, "header_timeout") >= 1000
+
+
+def pipeline_and_never_read(port: int, connections: int, requests: int) -> list[socket.socket]:
+    """Connections that each send ``requests`` pipelined requests at once and never read
+    an answer (a tiny receive buffer, so the node's writes back up at once)."""
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    held = []
+    for i in range(connections):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind((ATTACKERS[i % 2], 0))
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", port))
+        with contextlib.suppress(OSError):  # the node may already have answered 400
+            sock.sendall(request * requests)
+        held.append(sock)
+    return held
+
+
+async def test_pipelined_floods_and_unread_answers_are_cut(
+    procs: NodeProcs, tmp_path: Path
+) -> None:
+    """One connection pipelining 400,000 requests grew a node to 1 GB; 200 connections
+    pipelining 1,500 /metrics each and never reading kept it at 100% CPU with /healthz
+    p99 at 5 s. Here the same 200 connections, and one with 400,000 requests: at most 16
+    wait per connection (then 400 too_many_pipelined), and a connection whose answers
+    stay unread is dropped after WRITE_TIMEOUT."""
+    more_files(10_000)
+    node = procs.node("a", "--write-timeout", "3")
+    files = open_files(node)
+    async with well_behaved(node, tmp_path):
+        held = await asyncio.to_thread(pipeline_and_never_read, node.port, 200, 1500)
+        try:
+            huge = await asyncio.to_thread(pipeline_and_never_read, node.port, 1, 400_000)
+            held += huge
+            await until(lambda: refused(node.url, "pipelined") >= 200, timeout=30, what="all cut")
+            # The node has let go of every one of them (it answered what fit into the
+            # kernel's buffers and closed, or dropped them), though the attacker holds on.
+            await until(lambda: open_files(node) <= files + 20, timeout=30, what="let go")
+        finally:
+            for sock in held:
+                sock.close()
+    assert "Exception in ASGI application" not in node.log_path.read_text()
 
 
 async def test_thousands_of_websockets_from_one_user_are_capped(
@@ -201,8 +265,8 @@ async def test_thousands_of_websockets_from_one_user_are_capped(
     assert await asyncio.to_thread(refused, node.url, "ws_per_user") == 500
 
 
-async def min_seq_read(port: int) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def min_seq_read(port: int, source: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     try:
         writer.write(
             f"GET /messages?channel=room&min_seq={10**12} HTTP/1.1\r\nHost: x\r\n"
@@ -218,9 +282,12 @@ async def test_thousands_of_waiting_reads_are_capped(procs: NodeProcs, tmp_path:
     """10,000 reads waiting for a far min_seq grew a node by 114 MiB and slowed /healthz to
     3.7 s. Here 3,000 at once: MIN_SEQ_WAITERS (1,000) wait, the rest are 503 busy."""
     more_files(10_000)
-    node = procs.node("a")
+    node = procs.node("a", "--max-connections-per-address", "1600")
     async with well_behaved(node, tmp_path):
-        statuses = Counter(await asyncio.gather(*(min_seq_read(node.port) for _ in range(3000))))
+        # From two addresses: MAX_CONNECTIONS_PER_ADDRESS (1,000) would refuse them
+        # before they reach the cap under test.
+        reads = (min_seq_read(node.port, ATTACKERS[i % 2]) for i in range(3000))
+        statuses = Counter(await asyncio.gather(*reads))
     assert statuses[503] == 3000, statuses  # 2,000 busy at once, 1,000 not_caught_up after 5 s
     assert await asyncio.to_thread(refused, node.url, "min_seq_waiters") >= 1900
 
@@ -254,9 +321,13 @@ async def test_a_flooding_user_gets_its_rate_and_nothing_more(
                             acked.append(frame["id"])
 
             reader = asyncio.create_task(read())
-            while time.monotonic() < end:
+            while (left := end - time.monotonic()) > 0:
                 text = json.dumps({"op": "send", "channel": "flood", "text": "w", "id": f"w{sent}"})
-                await ws.send(text)
+                try:
+                    # Blocks once TCP pushes back: the flooder is then stuck, as it should be.
+                    await asyncio.wait_for(ws.send(text), left)
+                except TimeoutError:
+                    break
                 sent += 1
                 if sent % 100 == 0:
                     await asyncio.sleep(0)

@@ -247,4 +247,8 @@ dependent variable syntax: the kubelet fills it in from the env var above it. */
   value: {{ .headerTimeout | quote }}
 - name: READ_TIMEOUT
   value: {{ .readTimeout | quote }}
+- name: MAX_CONNECTIONS_PER_ADDRESS
+  value: {{ .maxConnectionsPerAddress | quote }}
+- name: WRITE_TIMEOUT
+  value: {{ .writeTimeout | quote }}
 {{- end -}}
