@@ -86,6 +86,7 @@ async def list_messages(
     after: Annotated[int, QueryParameter(ge=0, le=SEQ_MAX)] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
     min_seq: Annotated[int | None, QueryParameter(ge=0, le=SEQ_MAX)] = None,
+    before: Annotated[int | None, QueryParameter(ge=1, le=SEQ_MAX)] = None,
 ) -> MessagesPage:
     node: Node = state.node
     replica = node.replica
@@ -106,7 +107,12 @@ async def list_messages(
             "not_caught_up",
             f"seq {min_seq} not applied within {wait}s (applied {replica.applied})",
         )
-    page = await history.read(replica, node.chatlog, channel, after, limit)
+    if before is None:
+        page = await history.read(replica, node.chatlog, channel, after, limit)
+    elif after:
+        raise bad_request("invalid_query", "give after (the page after a seq) or before, not both")
+    else:
+        page = await history.read_before(replica, node.chatlog, channel, before, limit)
     return MessagesPage(
         channel=channel,
         epoch=replica.epoch or "",

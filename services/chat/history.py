@@ -10,6 +10,21 @@ from chat.replica import Replica
 from chatlog import ChatLog
 
 
+async def read_before(
+    replica: Replica, chatlog: ChatLog, channel: str, before: int, limit: int
+) -> list[tuple[int, str]]:
+    """Up to ``limit`` records of ``channel`` with seq < ``before``, ascending: the page
+    before one a client has (scrolling back). What a bounded node no longer holds comes
+    from the log."""
+    held = replica.read_before(channel, before, limit)
+    dropped = replica.dropped_through(channel)
+    if len(held) == limit or dropped == 0:
+        return held
+    oldest = held[0][0] if held else min(before, dropped + 1)
+    older = await chatlog.read_records_before(channel, oldest, limit - len(held), replica.max_text)
+    return [(seq, body.decode()) for seq, body in older] + held
+
+
 async def read(
     replica: Replica, chatlog: ChatLog, channel: str, after: int, limit: int
 ) -> list[tuple[int, str]]:

@@ -8,7 +8,7 @@ nor repeat a message: that is how joins avoid the seed's history/live race.
 import asyncio
 import logging
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
@@ -78,6 +78,10 @@ class ChannelLog:
         start = bisect_right(self.seqs, after)
         stop = min(start + limit, len(self.seqs))
         return [(self.seqs[i], self.record_json(i)) for i in range(start, stop)]
+
+    def before(self, before: int, limit: int) -> list[tuple[int, str]]:
+        stop = bisect_left(self.seqs, before)
+        return [(self.seqs[i], self.record_json(i)) for i in range(max(0, stop - limit), stop)]
 
     def seq_before_last(self, n: int) -> int:
         """The seq to read ``after`` so that the last ``n`` records follow."""
@@ -228,6 +232,10 @@ class Replica:
     def read(self, channel: str, after: int, limit: int) -> list[tuple[int, str]]:
         found = self.channels.get(channel)
         return found.after(after, limit) if found else []
+
+    def read_before(self, channel: str, before: int, limit: int) -> list[tuple[int, str]]:
+        found = self.channels.get(channel)
+        return found.before(before, limit) if found else []
 
     def dropped_through(self, channel: str) -> int:
         """Records of ``channel`` at or below this seq are only in the log, not here."""

@@ -6,9 +6,11 @@ import sys
 import urllib.error
 import urllib.request
 
-import websockets
+import msgspec
 
 from chat_cluster.settings import ClientSettings
+from chatclient import AuthFailed, ChatClient, Disconnected, Left, Message
+from chatclient.frames import Error
 
 
 def _headers(settings: ClientSettings) -> dict[str, str]:
@@ -59,36 +61,35 @@ async def send(settings: ClientSettings, text: str, msg_id: str | None) -> int:
 
 
 async def tail(settings: ClientSettings, after: int | None, count: int | None, raw: bool) -> int:
-    node = settings.nodes()[0]
-    url = node.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
-    join: dict[str, object] = {"op": "join", "channel": settings.channel}
-    if after is not None:
-        join["after"] = after
+    """Follow a channel through :class:`chatclient.ChatClient`: on another node of the
+    local cluster, without gap or duplicate, when the first goes away."""
+    # A fixed CHAT_TOKEN, or one minted afresh each time the node asks for a new one.
+    source = settings.token if settings.token is not None else settings.bearer
     seen = 0
-    try:
-        async with websockets.connect(
-            url, open_timeout=10, additional_headers=_headers(settings)
-        ) as ws:
-            await ws.send(json.dumps(join))
-            async for data in ws:
-                frame = json.loads(data)
-                if frame["op"] == "token_expiring" and settings.token is None:
-                    # A token we minted: mint the next one, the socket stays open.
-                    fresh = settings.bearer()
-                    if fresh:
-                        await ws.send(json.dumps({"op": "refresh", "token": fresh}))
+    async with ChatClient(settings.nodes(), source, first=0) as client:
+        await client.join(settings.channel, after)
+        try:
+            async for event in client.events():
                 if raw:
-                    print(json.dumps(frame), flush=True)
-                elif frame["op"] == "message":
-                    print(f"[{frame['seq']}] {frame['user']}: {frame['text']}", flush=True)
-                elif frame["op"] == "error":
-                    print(f"error {frame['code']}: {frame['detail']}", file=sys.stderr)
-                    return 1
-                if frame["op"] == "message":
+                    print(json.dumps(msgspec.to_builtins(event)), flush=True)
+                if isinstance(event, Message):
+                    if not raw:
+                        print(f"[{event.seq}] {event.user}: {event.text}", flush=True)
                     seen += 1
                     if count is not None and seen >= count:
                         return 0
-    except (OSError, websockets.WebSocketException) as exc:
-        print(f"chat-cluster tail: {url}: {exc}", file=sys.stderr)
-        return 1
+                elif isinstance(event, Error | Left):
+                    detail = event.detail if isinstance(event, Error) else event.reason
+                    code = event.code if isinstance(event, Error) else "left"
+                    print(f"chat-cluster tail: {code}: {detail}", file=sys.stderr)
+                    return 1
+                elif isinstance(event, Disconnected):
+                    print(
+                        f"chat-cluster tail: {event.node}: {event.reason or event.code}; "
+                        f"retrying in {event.retry_in:.1f}s",
+                        file=sys.stderr,
+                    )
+        except AuthFailed as exc:
+            print(f"chat-cluster tail: {exc}", file=sys.stderr)
+            return 1
     return 0

@@ -450,6 +450,30 @@ class ChatLog:
                 break
         return records, cursor
 
+    async def read_records_before(
+        self, channel: str, before: int, limit: int, max_text: int
+    ) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` records of ``channel`` with seq < ``before``, ascending, encoded
+        as every replica encodes them. JetStream reads forward only; backwards, each step
+        asks for the last message of the channel's subjects up to a seq (one request per
+        message: for the pages a bounded node no longer holds, which people scroll to
+        slowly)."""
+        conn = self._connection()
+        records: list[tuple[int, bytes]] = []
+        cursor = before
+        while len(records) < limit and cursor > 1:
+            request = {"multi_last": [channel_filter(channel)], "up_to_seq": cursor - 1, "batch": 4}
+            found, _ = await direct_batch(conn, STREAM_NAME, request)
+            if not found:
+                break
+            entry = max(found, key=lambda e: e.seq)
+            cursor = entry.seq
+            taken = take(entry, max_text)
+            if isinstance(taken, Record):
+                records.append((taken.seq, encode_record(taken)))
+        records.reverse()
+        return records
+
     async def channel_stats(
         self, after: str = "", limit: int = 1000, keep: Callable[[str], bool] | None = None
     ) -> list[ChannelStat]:

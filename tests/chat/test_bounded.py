@@ -1,13 +1,24 @@
 """--keep-per-channel: a node that holds only the newest records answers exactly like one
 that holds everything; older pages come from the log."""
 
+import json
 from typing import Any
 
+import websockets
 from litestar.testing import TestClient
 
 from chat.app import create_app
 from chat_cluster.natsserver import NatsServer
-from tests.support import client, node_settings, wait_until
+from tests.support import (
+    NodeProcs,
+    all_messages,
+    bearer,
+    client,
+    get_json,
+    http,
+    node_settings,
+    wait_until,
+)
 
 
 def walk(client: TestClient[Any], channel: str, limit: int) -> list[dict[str, Any]]:
@@ -59,3 +70,38 @@ def test_bounded_node_answers_like_a_full_one(nats: NatsServer) -> None:
             assert ws.receive_json(timeout=10)["op"] == "joined"
             got = [ws.receive_json(timeout=10)["seq"] for _ in range(100)]
             assert got == [m["seq"] for m in walk(full, "a", 1000)][-100:]
+
+
+async def test_paging_backwards_is_the_same_on_a_bounded_node(procs: NodeProcs) -> None:
+    """``before`` pages back from the newest: a node holding only the newest 100 of a
+    channel reads the older pages from the log, and its answers equal a full node's."""
+    full, bounded = procs.node("full"), procs.node("bounded", "--keep-per-channel", "100")
+    async with websockets.connect(
+        full.url.replace("http", "ws") + "/ws", additional_headers=bearer()
+    ) as ws:
+        for i in range(350):
+            await ws.send(json.dumps({"op": "send", "channel": "back", "text": f"{i}"}))
+            if i % 7 == 0:  # other channels between, so seqs of "back" are not contiguous
+                await ws.send(json.dumps({"op": "send", "channel": "other", "text": "x"}))
+        acks = 0
+        while acks < 350 + 50:
+            acks += json.loads(await ws.recv())["op"] == "ack"
+    forward = [m["seq"] for m in all_messages(full.url, "back")]
+    assert len(forward) == 350
+
+    def backwards(base: str) -> list[int]:
+        seqs: list[int] = []
+        before = forward[-1] + 1
+        while True:
+            page = get_json(f"{base}/messages?channel=back&before={before}&limit=60")["messages"]
+            if not page:
+                return seqs
+            assert [m["seq"] for m in page] == sorted(m["seq"] for m in page)
+            seqs = [m["seq"] for m in page] + seqs
+            before = page[0]["seq"]
+
+    wait_until(lambda: get_json(bounded.url + "/readyz")["applied"] >= forward[-1])
+    assert backwards(full.url) == forward
+    assert backwards(bounded.url) == forward
+    status, body = http("GET", f"{full.url}/messages?channel=back&after=5&before=100")
+    assert status == 400 and "not both" in body["detail"]

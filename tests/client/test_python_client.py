@@ -1,0 +1,175 @@
+"""The Python client against real node processes: failover with resume (no gap, no
+duplicate), sends kept across a node's death, a new epoch, token refresh, and a token
+that cannot be renewed."""
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from auth import keys
+from chatclient import (
+    AuthFailed,
+    ChatClient,
+    Connected,
+    Disconnected,
+    EpochChanged,
+    Joined,
+    Message,
+    Refused,
+    SendFailed,
+)
+from chatclient.frames import Event
+from chatlog import ChatLog, StreamSpec
+from tests.support import ADMIN_TOKEN, SIGNING_KEY, NodeProcs, all_messages, http, token
+
+
+async def next_of(events: AsyncIterator[Event], kind: type, timeout: float = 15) -> Event:
+    """The next event of ``kind`` (others are passed over)."""
+    async with asyncio.timeout(timeout):
+        async for event in events:
+            if isinstance(event, kind):
+                return event
+    raise AssertionError("events ended")
+
+
+async def messages(events: AsyncIterator[Event], n: int, timeout: float = 15) -> list[Message]:
+    got: list[Message] = []
+    async with asyncio.timeout(timeout):
+        async for event in events:
+            if isinstance(event, Message):
+                got.append(event)
+                if len(got) == n:
+                    return got
+    raise AssertionError("events ended")
+
+
+async def test_resumes_on_another_node_without_gap_or_duplicate(procs: NodeProcs) -> None:
+    a, b, c = procs.node("a"), procs.node("b"), procs.node("c")
+    async with ChatClient([a.url, b.url], ADMIN_TOKEN, first=0, backoff=(0.05, 0.5)) as client:
+        events = client.events()
+        assert await next_of(events, Connected) == Connected(a.url)
+        await client.join("room", after=0)
+        await next_of(events, Joined)
+        acks = [await client.send("room", f"before {i}") for i in range(5)]
+        seen = await messages(events, 5)
+        assert [m.seq for m in seen] == [ack.seq for ack in acks]
+        assert a.proc is not None and b.proc is not None
+        # The client's other node is frozen and its node dies: it can be nowhere while
+        # 150 messages are written through a node it does not know (more than the 100 a
+        # join without ``after`` would show, so only a resume has them all).
+        b.proc.send_signal(signal.SIGSTOP)
+        a.proc.send_signal(signal.SIGKILL)
+        try:
+            assert isinstance(await next_of(events, Disconnected), Disconnected)
+            missed = []
+            for i in range(150):
+                status, sent = await asyncio.to_thread(
+                    http, "POST", c.url + "/messages", {"channel": "room", "text": f"away {i}"}
+                )
+                assert status == 201
+                missed.append(sent["seq"])
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        assert await next_of(events, Connected, 30) == Connected(b.url)
+        after = await messages(events, 150, 30)
+        assert [m.seq for m in after] == missed  # every one, once, in order
+        assert client.cursor("room") == missed[-1]
+
+
+async def test_a_send_made_while_the_node_is_dying_is_acked_once(procs: NodeProcs) -> None:
+    """The send is kept (same id) until a node acknowledges it: at most once in the log,
+    whether or not the dead node had stored it."""
+    a, b = procs.node("a"), procs.node("b")
+    async with ChatClient([a.url, b.url], ADMIN_TOKEN, first=0, backoff=(0.05, 0.5)) as client:
+        events = client.events()
+        await next_of(events, Connected)
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGKILL)
+        ack = await asyncio.wait_for(client.send("kept", "sent into a dying node", "m-1"), 30)
+        assert client.node == b.url
+    stored = await asyncio.to_thread(all_messages, b.url, "kept")
+    assert [(m["id"], m["seq"]) for m in stored] == [("m-1", ack.seq)]
+
+
+async def test_a_new_epoch_drops_the_cursors_and_joins_again(
+    procs: NodeProcs, admin: ChatLog, chatlog: ChatLog
+) -> None:
+    a = procs.node("a")
+    async with ChatClient([a.url], ADMIN_TOKEN, backoff=(0.05, 0.5)) as client:
+        events = client.events()
+        await client.join("room", after=0)
+        for i in range(3):
+            await client.send("room", f"old {i}")
+        assert [m.text for m in await messages(events, 3)] == ["old 0", "old 1", "old 2"]
+        await admin.delete_stream()
+        await admin.ensure_stream(StreamSpec())
+        await asyncio.to_thread(
+            lambda: http("POST", a.url + "/messages", {"channel": "room", "text": "new"})
+        )
+        changed = await next_of(events, EpochChanged, 30)
+        assert changed.epoch == (await chatlog.info()).epoch
+        # seq 1 of the new log, although the cursor of the old one was 3
+        (first,) = await messages(events, 1, 30)
+        assert (first.seq, first.text) == (1, "new")
+
+
+async def test_a_token_source_renews_the_token_on_the_same_socket(procs: NodeProcs) -> None:
+    """Tokens living 4 s: the node warns, the client refreshes, and the socket outlives
+    several tokens."""
+    a = procs.node("a")
+    minted = 0
+
+    def fresh() -> str:
+        nonlocal minted
+        minted += 1
+        return keys.mint(SIGNING_KEY, "ada", ttl=4, read=("*",), send=("*",))
+
+    async with ChatClient([a.url], fresh) as client:
+        events = client.events()
+        await next_of(events, Connected)
+        await client.join("room")
+        await next_of(events, Joined)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # a send every second across ~3 tokens
+            await client.send("room", "still here")
+            await asyncio.sleep(1)
+        assert minted >= 3
+        assert client.node == a.url and client.user == "ada"
+        assert client.connections == 1  # never closed for an expired token
+
+
+async def test_a_fixed_token_that_is_refused_ends_the_client(procs: NodeProcs) -> None:
+    a = procs.node("a")
+    expired = keys.mint(SIGNING_KEY, "ada", ttl=-60, read=("*",))
+    async with ChatClient([a.url], expired) as client:
+        with pytest.raises(AuthFailed):
+            async with asyncio.timeout(15):
+                async for _ in client.events():
+                    pass
+
+
+async def test_a_send_that_retrying_cannot_fix_fails(procs: NodeProcs) -> None:
+    a = procs.node("a")
+    reader = token("reader", read=("*",))
+    async with ChatClient([a.url], reader) as client:
+        with pytest.raises(SendFailed) as failed:
+            await asyncio.wait_for(client.send("room", "not allowed"), 15)
+    assert failed.value.code == "forbidden"
+
+
+async def test_history_pages_backwards_to_the_first_message(procs: NodeProcs) -> None:
+    a = procs.node("a")
+    async with ChatClient([a.url], ADMIN_TOKEN) as client:
+        acks = [await client.send("old", f"{i}") for i in range(250)]
+        shown: list[int] = []
+        before = None
+        while page := await client.history("old", before, limit=100):
+            shown = [m.seq for m in page] + shown
+            before = page[0].seq
+        assert shown == [ack.seq for ack in acks]
+        with pytest.raises(Refused) as refused:
+            await client.history("bad channel!")
+        assert refused.value.code == "invalid_channel"
