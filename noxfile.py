@@ -128,6 +128,20 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def js(session: nox.Session) -> None:
+    """The TypeScript client (clients/js): npm's pinned TypeScript, a build, and Node's own
+    test runner against a cluster started with `chat-cluster up` (Python from this venv)."""
+    install(session, "dev.lock")
+    if shutil.which("npm") is None:
+        session.error("`nox -s js` needs Node.js >= 20 and npm")
+    session.chdir(ROOT / "clients" / "js")
+    session.run("npm", "ci", "--no-audit", "--no-fund", external=True)
+    session.run("npm", "run", "build", external=True)
+    python = str(Path(session.bin) / "python")
+    session.run("npm", "test", env={"CHAT_PYTHON": python}, external=True)
+
+
+@nox.session
 def up(session: nox.Session) -> None:
     """Run the local cluster (3 chat nodes, the archiver, nats-server). Ctrl-C stops it."""
     install(session, "run.lock")
