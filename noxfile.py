@@ -142,6 +142,22 @@ def js(session: nox.Session) -> None:
 
 
 @nox.session
+def browser(session: nox.Session) -> None:
+    """The chat page in a real Chromium: Debian's chromium and chromedriver (installed
+    when missing), Selenium from the lock file."""
+    install(session, "browser.lock")
+    if shutil.which("chromedriver") is None or shutil.which("chromium") is None:
+        if shutil.which("apt-get") is None:
+            session.error("chromium and chromedriver are not installed, and apt-get is not here")
+        apt = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-qq", env=apt, external=True)
+        session.run(
+            "apt-get", "install", "-y", "-qq", "chromium", "chromium-driver", env=apt, external=True
+        )
+    session.run("pytest", "tests/browser", "-m", "browser", *session.posargs)
+
+
+@nox.session
 def up(session: nox.Session) -> None:
     """Run the local cluster (3 chat nodes, the archiver, nats-server). Ctrl-C stops it."""
     install(session, "run.lock")
@@ -172,3 +188,5 @@ def lock(session: nox.Session) -> None:
     ]
     session.run("pip-compile", "-q", "--extra", "dev", "-o", "requirements/dev.lock", *common)
     session.run("pip-compile", "-q", "-o", "requirements/run.lock", *common)
+    browser = ["--extra", "dev", "--extra", "browser", "-o", "requirements/browser.lock"]
+    session.run("pip-compile", "-q", *browser, *common)

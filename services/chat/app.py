@@ -12,6 +12,7 @@ from auth.web import cors
 from chat.api import HTTP_ROUTES, ws_endpoint
 from chat.metrics import NodeMetrics
 from chat.node import Node
+from chat.page import PAGE_ROUTES
 from chat.settings import NodeSettings
 from servicekit.problems import EXCEPTION_HANDLERS
 from telemetry import Telemetry
@@ -44,6 +45,7 @@ def create_app(settings: NodeSettings, telemetry_: Telemetry | None = None) -> L
             # HTTP metrics and spans wrap the HTTP routes only: a wrapper around the
             # WebSocket route would stay on every open socket's stack (0.6 KB each, measured).
             Router("/", route_handlers=[*HTTP_ROUTES, metrics], middleware=middleware(tele)),
+            *PAGE_ROUTES,
             ws_endpoint,
         ],
         state=State({"node": node, "telemetry": tele}),

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -310,10 +311,13 @@ class LocalCluster:
     def _auth_env(self) -> dict[str, str]:
         """Token keys: a signing key generated once in <data>/auth, its JWKS for the
         services (``chat-cluster token`` signs with the key)."""
+        # The chat page of one node talks to the others (failover): they allow its origin.
+        origins = ",".join(f"http://{HOST}:{port}" for port in self.ports.nodes)
         if not self.settings.auth:
-            return {"AUTH": "none"}
+            return {"AUTH": "none", "ALLOWED_ORIGINS": origins}
         keys.generate(self.data / "auth")
-        return {"AUTH": "jwt", "JWKS_FILE": str(self.data / "auth" / keys.JWKS)}
+        jwks = str(self.data / "auth" / keys.JWKS)
+        return {"AUTH": "jwt", "JWKS_FILE": jwks, "ALLOWED_ORIGINS": origins}
 
     def _services(self, urls: str, logs: Path, creds: Credentials) -> list[Service]:
         common = ["--nats-url", urls, "--host", HOST]
@@ -388,6 +392,7 @@ class LocalCluster:
             metrics = f"metrics {url}/metrics" if url.startswith("http") else ""
             print(f"  {name:<{width}}  {url:<26} pid {pid:<8} {metrics}".rstrip())
         print("`chat-cluster status` shows readiness, applied seq, lag and connections;")
+        print(f"the chat page, signed in as dev (a token for 12 hours): {self.page_url()}")
         if self.settings.auth:
             print(
                 "user tokens: `chat-cluster token --user ada --read '*' --send '*'` "
@@ -402,6 +407,16 @@ class LocalCluster:
         print(
             f"data: {self.data}   logs: {self.data / 'logs'}   Ctrl-C stops everything", flush=True
         )
+
+    def page_url(self) -> str:
+        """The first node's chat page, with a dev token and every node in the fragment
+        (which the browser keeps to itself: it reaches no server and no log)."""
+        nodes = ",".join(f"http://{HOST}:{port}" for port in self.ports.nodes)
+        fragment = {"nodes": nodes, "channel": "general"}
+        if self.settings.auth:
+            key = keys.load(self.data / "auth" / keys.SIGNING_KEY)
+            fragment["token"] = keys.mint(key, "dev", ttl=12 * 3600, read=("*",), send=("*",))
+        return f"http://{HOST}:{self.ports.nodes[0]}/#" + urllib.parse.urlencode(fragment)
 
     def _write_state(self, servers: list[NatsServer], services: list[Service]) -> None:
         """cluster.json: every service's URL and pid (``status``, ``send`` and ``tail`` read it)."""

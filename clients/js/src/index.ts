@@ -64,6 +64,8 @@ export interface Events {
   error: ErrorFrame;
   authfailed: { reason: string };
   authed: { user: string; expires_at?: number; name?: string };
+  /** The token expires in `expires_in` seconds; with a fixed token, call `setToken`. */
+  expiring: { expires_in: number };
 }
 
 export type TokenSource = string | null | (() => string | null | Promise<string | null>);
@@ -132,7 +134,7 @@ export class ChatClient {
   /** Connections made so far (1 + reconnects). */
   connections = 0;
 
-  private readonly token: TokenSource;
+  private token: TokenSource;
   private readonly backoff: [number, number];
   private readonly Socket: typeof WebSocket;
   private readonly retryDelay: number;
@@ -140,6 +142,8 @@ export class ChatClient {
   private attempt = 0;
   private ws: WebSocket | null = null;
   private closed = false;
+  /** Stopped because the node refused a fixed token: setToken starts again. */
+  private refused = false;
   private epoch: string | null = null;
   private readonly channels = new Map<string, ChannelState>();
   private readonly pending = new Map<string, Pending>();
@@ -179,6 +183,21 @@ export class ChatClient {
     this.ws?.close(1000, "client closed");
     for (const pending of this.pending.values()) pending.reject(new ClientClosed("closed before the ack"));
     this.pending.clear();
+  }
+
+  /** A new token (a page whose user signed in again): renews it on the open socket, or
+   * starts again after the old one was refused. */
+  setToken(token: TokenSource): void {
+    this.token = token;
+    if (this.refused) {
+      this.refused = false;
+      this.closed = false;
+      this.start();
+      return;
+    }
+    void this.currentToken().then((value) => {
+      if (value) this.write(JSON.stringify({ op: "refresh", token: value }));
+    });
   }
 
   cursor(channel: string): number | null {
@@ -287,7 +306,7 @@ export class ChatClient {
 
   private retry(node: string, code: number | null, reason: string, moveOn: boolean): void {
     if ((code === 4001 || code === 4002) && typeof this.token !== "function") {
-      this.closed = true;
+      this.closed = this.refused = true; // until setToken
       this.emit("authfailed", { reason: `${node} closed with ${code}: ${reason}` });
       return;
     }
@@ -359,6 +378,7 @@ export class ChatClient {
         return;
       }
       case "token_expiring":
+        this.emit("expiring", { expires_in: Number(frame.expires_in) });
         if (typeof this.token === "function") {
           void this.currentToken().then((token) => {
             if (token && ws.readyState === this.Socket.OPEN) ws.send(JSON.stringify({ op: "refresh", token }));

@@ -82,6 +82,13 @@ after(async () => {
   rmSync(data, { recursive: true, force: true });
 });
 
+test("the chat page serves this build of the client", () => {
+  const here = new URL(".", import.meta.url).pathname;
+  const built = readFileSync(join(here, "..", "dist", "index.js"), "utf8");
+  const served = readFileSync(join(here, "..", "..", "..", "services", "chat", "static", "client.js"), "utf8");
+  assert.equal(served, built, "run `npm run build` in clients/js (it copies the build)");
+});
+
 test("a send resolves with its ack and the message arrives once", async () => {
   const client = new ChatClient(nodes, token("ada"), { first: 0 }).start();
   try {
