@@ -392,7 +392,8 @@ class LocalCluster:
             metrics = f"metrics {url}/metrics" if url.startswith("http") else ""
             print(f"  {name:<{width}}  {url:<26} pid {pid:<8} {metrics}".rstrip())
         print("`chat-cluster status` shows readiness, applied seq, lag and connections;")
-        print(f"the chat page, signed in as dev (a token for 12 hours): {self.page_url()}")
+        who = "as dev (a token for 12 hours)" if self.settings.auth else "anonymously"
+        print(f"the chat page, signed in {who}: {self.page_url()}")
         if self.settings.auth:
             print(
                 "user tokens: `chat-cluster token --user ada --read '*' --send '*'` "
@@ -416,6 +417,8 @@ class LocalCluster:
         if self.settings.auth:
             key = keys.load(self.data / "auth" / keys.SIGNING_KEY)
             fragment["token"] = keys.mint(key, "dev", ttl=12 * 3600, read=("*",), send=("*",))
+        else:
+            fragment["anonymous"] = "1"
         return f"http://{HOST}:{self.ports.nodes[0]}/#" + urllib.parse.urlencode(fragment)
 
     def _write_state(self, servers: list[NatsServer], services: list[Service]) -> None:

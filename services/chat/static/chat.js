@@ -182,8 +182,8 @@ $("send-form").addEventListener("submit", (e) => {
 });
 $("older").addEventListener("click", () => void older());
 
-if (fragment.get("token")) {
-  signIn(fragment.get("token"));
+if (fragment.get("token") || fragment.get("anonymous")) {
+  signIn(fragment.get("token") ?? ""); // anonymous: a cluster started with --no-auth
   if (fragment.get("channel")) open(fragment.get("channel"));
 } else {
   signedOut("");
