@@ -7,6 +7,7 @@ copies it here; ``nox -s js`` checks that the copy is the build's)."""
 from pathlib import Path
 
 from litestar import Response, get
+from litestar.params import FromPath
 
 from servicekit.errors import ServiceError
 
@@ -40,7 +41,7 @@ def page() -> Response[bytes]:
 
 
 @get("/static/{name:str}", sync_to_thread=False)
-def static(name: str) -> Response[bytes]:
+def static(name: FromPath[str]) -> Response[bytes]:
     return _file(name)
 
 

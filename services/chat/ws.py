@@ -279,6 +279,11 @@ class Session:
             self._queue(Left(channel=channel, reason="forbidden"))
 
     def _queue(self, frame: object) -> None:
+        # Answers count against WS_QUEUE as messages do: a client that sends frames (a
+        # flood of leaves) and reads none of the answers must not grow the queue.
+        if len(self._out) >= self._settings.ws_queue:
+            self.close(CLOSE_TRY_AGAIN, "client too slow; reconnect and join with after", False)
+            return
         self._out.append((None, encode_text(frame)))
         self._wake.set()
 

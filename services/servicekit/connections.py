@@ -31,6 +31,7 @@ from typing import Any
 
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
 from options import non_negative_float, non_negative_int, setting
@@ -38,6 +39,16 @@ from servicekit.shapes import Problem
 
 log = logging.getLogger("servicekit.connections")
 
+MAX_HEAD_BYTES = 64 * 1024
+"""A request's line and headers (nginx's default buffers hold 32 KiB; tokens are at
+most 8 KiB). uvicorn has no cap: 96 MB of headers were read, answered 200, and most of
+the memory stayed."""
+CONTROL_BURST = 20
+CONTROL_RATE = 2.0
+"""WebSocket pings and pongs a client may send: a burst, then this many a second
+(browsers send none; libraries one every 20 s or so). uvicorn answers every ping at
+once, below the app: a flood of them took a node's whole CPU and, with its pongs never
+read, 20 MiB a second."""
 MAX_PIPELINED = 16
 """Requests one connection may have waiting behind the one being answered."""
 CLOSE_GRACE = 2.0
@@ -134,6 +145,10 @@ class Guard:
             400, "Bad Request", "too_many_pipelined",
             f"at most {MAX_PIPELINED} requests may wait for their answers on one connection",
         )  # fmt: skip
+        self._too_big = _answer(
+            431, "Request Header Fields Too Large", "headers_too_large",
+            f"a request's line and headers may take {MAX_HEAD_BYTES} bytes",
+        )  # fmt: skip
         self.by_address: dict[str, int] = {}
         """Open HTTP connections by client address (WebSockets leave it at their upgrade)."""
         self._too_slow = _answer(
@@ -160,6 +175,8 @@ class Guard:
             address: str | None = None
             """Counted in ``guard.by_address`` while set."""
             too_many_pipelined = False
+            head_bytes = 0
+            too_big = False
             running: Any = None
             """The cycle whose app task runs (uvicorn's ``cycle`` is the newest parsed)."""
 
@@ -183,6 +200,13 @@ class Guard:
                 # with its request unread would reset the connection, and the client
                 # would see a reset instead of the 503. The sweep aborts it shortly.
                 guard.refused[reason] += 1
+                # Nothing else is written after this answer: the request running and those
+                # queued behind it (pipelining) are dropped, their app told the client left.
+                self.pipeline.clear()
+                for cycle in (self.running, self.cycle):
+                    if cycle is not None and not cycle.response_complete:
+                        cycle.disconnected = True
+                        cycle.message_event.set()
                 self.transport.write(answer)
                 if self.transport.can_write_eof():
                     self.transport.write_eof()
@@ -217,6 +241,24 @@ class Guard:
                 if self.waiting_for != "refused":
                     super().data_received(data)
 
+            def on_message_begin(self) -> None:
+                self.head_bytes = 0
+                super().on_message_begin()
+
+            def on_url(self, url: bytes) -> None:
+                self._count_head(len(url))
+                super().on_url(url)
+
+            def on_header(self, name: bytes, value: bytes) -> None:
+                self._count_head(len(name) + len(value))
+                super().on_header(name, value)
+
+            def _count_head(self, n: int) -> None:
+                self.head_bytes += n
+                if self.head_bytes > MAX_HEAD_BYTES:
+                    self.too_big = True  # stops the parser; answered in send_400_response
+                    raise OverflowError("request head too large")
+
             def on_headers_complete(self) -> None:
                 if len(self.pipeline) >= MAX_PIPELINED:
                     # uvicorn queues every pipelined request it has parsed, without a
@@ -228,12 +270,14 @@ class Guard:
                 super().on_headers_complete()
 
             def send_400_response(self, msg: str) -> None:
-                if not self.too_many_pipelined:
+                # After answers already written (pipelining), ours comes last; what the
+                # client still sends is read and dropped until the connection is aborted.
+                if self.too_big:
+                    self._refuse("headers_too_large", guard._too_big, time.monotonic())
+                elif self.too_many_pipelined:
+                    self._refuse("pipelined", guard._pipelined, time.monotonic())
+                else:
                     super().send_400_response(msg)
-                    return
-                guard.refused["pipelined"] += 1
-                self.transport.write(guard._pipelined)
-                self.transport.close()
 
             def on_message_complete(self) -> None:
                 self.waiting_for = None
@@ -305,6 +349,67 @@ class Guard:
                 transport.close()
 
         return GuardedHttp
+
+    def websocket_protocol(self) -> type[WebSocketsSansIOProtocol]:
+        """uvicorn's WebSocket protocol (websockets' sans-I/O), with a budget for control
+        frames and the same bounded close and write deadline as HTTP connections."""
+        guard = self
+        settings = self.settings
+
+        class GuardedWebSocket(WebSocketsSansIOProtocol):
+            control_tokens = float(CONTROL_BURST)
+            control_at = 0.0
+            write_paused_at: float | None = None
+            closing_since: float | None = None
+
+            def _control(self) -> bool:
+                """One ping or pong from the client: within its budget, or the connection
+                is dropped (no close handshake: its answers may never be read)."""
+                now = time.monotonic()
+                refill = (now - self.control_at) * CONTROL_RATE
+                tokens = min(float(CONTROL_BURST), self.control_tokens + refill)
+                self.control_at = now
+                if tokens >= 1.0:
+                    self.control_tokens = tokens - 1.0
+                    return True
+                self.control_tokens = tokens
+                if not self.transport.is_closing():
+                    guard.refused["ws_control_frames"] += 1
+                    self.transport.abort()
+                return False
+
+            def handle_ping(self) -> None:
+                if self._control():
+                    super().handle_ping()
+
+            def handle_pong(self, event: Any) -> None:
+                if self._control():
+                    super().handle_pong(event)
+
+            def pause_writing(self) -> None:
+                self.write_paused_at = time.monotonic()
+                super().pause_writing()
+
+            def resume_writing(self) -> None:
+                self.write_paused_at = None
+                super().resume_writing()
+
+            def overdue(self, now: float) -> None:
+                transport = self.transport
+                paused = self.write_paused_at
+                if paused is not None and 0 < settings.write_timeout <= now - paused:
+                    # The app closes a socket that stopped reading (1013) sooner; this is
+                    # for one that keeps the buffer full another way (its own pings).
+                    guard.refused["write_timeout"] += 1
+                    transport.abort()
+                elif transport.is_closing():
+                    if self.closing_since is None:
+                        self.closing_since = now
+                    elif now - self.closing_since >= CLOSE_GRACE:
+                        guard.refused["write_timeout"] += 1
+                        transport.abort()
+
+        return GuardedWebSocket
 
     async def sweep(self, state: ServerState, interval: float = 1.0) -> None:
         """Close connections past their deadlines, once every ``interval`` seconds."""

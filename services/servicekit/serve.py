@@ -74,7 +74,7 @@ def run(
         port=port,
         loop="uvloop",
         http=guard.protocol(),  # uvicorn's httptools protocol with our connection limits
-        ws="websockets-sansio",
+        ws=guard.websocket_protocol(),  # websockets' sans-I/O protocol, with our limits
         lifespan="on",
         access_log=False,
         log_level="warning",

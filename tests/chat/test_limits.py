@@ -3,6 +3,7 @@ body deadlines, the connection cap, sockets per user, joins per socket, history 
 a client that stops reading, and the lag /readyz reports."""
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -159,7 +160,7 @@ async def test_pipelined_requests_are_bounded_per_connection(procs: NodeProcs) -
     assert b'"too_many_pipelined"' in answer
     assert await asyncio.to_thread(refused, node.url, "pipelined") == 1
     logged = node.log_path.read_text()
-    assert "Exception in ASGI application" not in logged
+    assert "Exception in ASGI application" not in logged, logged[-3000:]
 
 
 async def test_a_client_that_never_reads_its_answers_is_dropped(procs: NodeProcs) -> None:
@@ -311,3 +312,57 @@ async def test_readyz_reports_the_lag(procs: NodeProcs) -> None:
     node = procs.node("a", "--ready-max-lag", "1000")
     status, body = await asyncio.to_thread(http, "GET", node.url + "/readyz")
     assert status == 200 and body["status"] == "ready" and body["lag"] == 0, body
+
+
+async def test_request_heads_beyond_64_kib_get_431(procs: NodeProcs) -> None:
+    """96 MB of headers were once read whole and answered 200 (and the memory stayed)."""
+    node = procs.node("a")
+    for path in ("/healthz", "/ws"):
+        sock = socket.create_connection(("127.0.0.1", node.port), timeout=15)
+        try:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode())
+            with contextlib.suppress(OSError):  # the node may stop reading before the end
+                for i in range(20):
+                    sock.sendall(f"X-Filler-{i}: {'y' * 8000}\r\n".encode())
+                sock.sendall(b"\r\n")
+            status, body = problem(await asyncio.to_thread(read_all, sock))
+        finally:
+            sock.close()
+        assert status == "HTTP/1.1 431 Request Header Fields Too Large", status
+        assert body["error"] == "headers_too_large"
+    assert await asyncio.to_thread(refused, node.url, "headers_too_large") == 2
+
+
+@pytest.mark.parametrize("signed_in", [True, False], ids=["with-token", "without-token"])
+async def test_a_ping_flood_drops_the_socket(procs: NodeProcs, signed_in: bool) -> None:
+    """uvicorn answers pings below the app: one socket pinging without end once took a
+    node's whole CPU and, its pongs unread, 20 MiB a second. Past a burst of 20 and 2 a
+    second, the socket is dropped; a client pinging now and then is not."""
+    node = procs.node("a")
+    headers = bearer() if signed_in else {}
+    async with websockets.connect(ws_url(node.url), additional_headers=headers) as calm:
+        for _ in range(5):
+            await asyncio.wait_for(await calm.ping(), 10)
+        async with websockets.connect(ws_url(node.url), additional_headers=headers) as ws:
+            with pytest.raises(websockets.ConnectionClosed):
+                for _ in range(1000):
+                    await ws.ping()
+                await asyncio.wait_for(ws.recv(), 10)
+        await asyncio.wait_for(await calm.ping(), 10)  # the other socket is still served
+    assert await asyncio.to_thread(refused, node.url, "ws_control_frames") == 1
+
+
+async def test_answers_nobody_reads_count_against_the_queue(procs: NodeProcs) -> None:
+    """A socket sending `leave` frames and reading none of the answers once grew a node by
+    175 MiB in 10 s: the answers now count against WS_QUEUE, and it gets 1013."""
+    node = procs.node("a", "--ws-queue", "100")
+    slow = RawClient(node.port)
+    try:
+        slow.send_text(json.dumps({"op": "auth", "token": ADMIN_TOKEN}))
+        with contextlib.suppress(OSError):
+            for _ in range(20_000):
+                slow.send_text(json.dumps({"op": "leave", "channel": "c"}))
+        await until(lambda: closed_overflow(node.url) == 1, what="closed with 1013")
+    finally:
+        slow.file.close()
+        slow.sock.close()

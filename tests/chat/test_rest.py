@@ -132,3 +132,19 @@ def test_a_plain_get_of_the_websocket_route_says_what_it_is(node: Client) -> Non
     resp = node.get("/ws")
     assert resp.status_code == 426 and resp.json()["error"] == "upgrade_required"
     assert resp.headers["upgrade"] == "websocket" and "auth" in resp.json()["detail"]
+
+
+def test_the_chat_page_is_served_with_its_files_and_nothing_else(node: Client) -> None:
+    page = node.get("/", headers={})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'self'
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert '<script type="module" src="/static/chat.js">' in page.text
+    for name, kind in (("chat.js", "text/javascript"), ("client.js", "text/javascript"),
+                       ("chat.css", "text/css")):  # fmt: skip
+        got = node.get(f"/static/{name}")
+        assert got.status_code == 200 and got.headers["content-type"].startswith(kind), name
+    assert "export class ChatClient" in node.get("/static/client.js").text
+    for bad in ("/static/page.py", "/static/..%2fapi.py", "/static/index.htm"):
+        answer = node.get(bad)
+        assert answer.status_code == 404 and answer.json()["error"] == "not_found", bad

@@ -36,8 +36,14 @@ import websockets
 
 from chat_cluster.local import Service
 from chatlog.roles import PUBLISHER
-from tests.chat.test_limits import problem, read_all, refused, stalled_history_join
-from tests.chat.test_sockets import recv, ws_url
+from tests.chat.test_limits import (
+    closed_overflow,
+    problem,
+    read_all,
+    refused,
+    stalled_history_join,
+)
+from tests.chat.test_sockets import RawClient, recv, ws_url
 from tests.support import (
     ADMIN_TOKEN,
     ROOT,
@@ -469,6 +475,57 @@ async def test_the_reported_bugs_answer_4xx(procs: NodeProcs, tmp_path: Path) ->
             assert frame["code"] == "invalid_frame" and "join, leave, send" in frame["detail"]
         frames, code = await stalled_history_join(node)
         assert code == 1013 and frames < 2000
+
+
+def huge_heads(port: int, count: int) -> list[bytes]:
+    """Requests whose headers go on for megabytes (96 MB each were once read whole)."""
+    answers = []
+    for i in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), source_address=(ATTACKERS[i % 2], 0))
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            with contextlib.suppress(OSError):  # refused before the end
+                for n in range(1000):
+                    sock.sendall(f"X-Filler-{n}: {'y' * 8000}\r\n".encode())
+            answers.append(read_all(sock))
+        finally:
+            sock.close()
+    return answers
+
+
+async def test_ping_floods_huge_heads_and_unread_answers(procs: NodeProcs, tmp_path: Path) -> None:
+    """What the second attack review found: WebSockets pinging without end (with a token
+    and without) took a node's whole CPU and 20 MiB a second; 96 MB request heads were
+    read and answered; a socket sending `leave` frames and reading none of the answers
+    grew the node by 175 MiB. Each is now cut early, while the well-behaved client runs."""
+    node = procs.node("a")
+
+    async def ping_flood(headers: dict[str, str]) -> None:
+        async with websockets.connect(ws_url(node.url), additional_headers=headers) as ws:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for _ in range(100_000):
+                    await ws.ping()
+                await asyncio.wait_for(ws.recv(), 10)
+
+    def leave_flood() -> None:
+        slow = RawClient(node.port)
+        try:
+            slow.send_text(json.dumps({"op": "auth", "token": ADMIN_TOKEN}))
+            with contextlib.suppress(OSError):
+                for _ in range(100_000):
+                    slow.send_text(json.dumps({"op": "leave", "channel": "c"}))
+        finally:
+            slow.file.close()
+            slow.sock.close()
+
+    async with well_behaved(node, tmp_path):
+        await asyncio.gather(*(ping_flood(bearer() if i % 2 else {}) for i in range(4)))
+        answers = await asyncio.to_thread(huge_heads, node.port, 8)
+        await asyncio.to_thread(leave_flood)
+    assert all(a.startswith(b"HTTP/1.1 431 ") for a in answers), [a[:40] for a in answers]
+    assert await asyncio.to_thread(refused, node.url, "ws_control_frames") == 4
+    assert await asyncio.to_thread(refused, node.url, "headers_too_large") == 8
+    assert await asyncio.to_thread(closed_overflow, node.url) == 1
 
 
 @pytest.fixture(autouse=True)
