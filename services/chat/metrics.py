@@ -67,8 +67,10 @@ class NodeMetrics:
                 "token_expired = 4002)")  # fmt: skip
         counter("chat.limits.refused", [self._refused], "{request}",
                 "Requests refused by a limit, by reason: send_rate (429), min_seq_waiters "
-                "(503 busy), connections (503), header_timeout (408), read_timeout (closed), "
-                "ws_per_user (1008), join_rate (error frame)"
+                "(503 busy), connections and connections_per_address (503), header_timeout "
+                "(408), read_timeout (closed), headers_too_large (431), pipelined (400), "
+                "write_timeout and ws_control_frames (dropped), ws_per_user (1008), join_rate "
+                "(error frame); history_rate counts log pages delayed"
                 "(503 busy)")  # fmt: skip
         gauge("chat.reads.waiting", [self._waiting], "{read}",
               "Reads waiting for a min_seq now (at most MIN_SEQ_WAITERS)")  # fmt: skip
