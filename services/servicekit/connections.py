@@ -311,21 +311,9 @@ class Guard:
                 super().resume_writing()
 
             def overdue(self, now: float) -> None:
+                if guard.unread(self, now):
+                    return
                 transport = self.transport
-                paused = self.write_paused_at
-                if paused is not None and 0 < settings.write_timeout <= now - paused:
-                    guard.refused["write_timeout"] += 1
-                    transport.abort()  # close() would wait for a flush that never comes
-                    return
-                if transport.is_closing():
-                    # A close waits for the buffer to be written; one that cannot be
-                    # (a client that stopped reading) must not hold the socket forever.
-                    if self.closing_since is None:
-                        self.closing_since = now
-                    elif now - self.closing_since >= CLOSE_GRACE:
-                        guard.refused["write_timeout"] += 1  # its answers stayed unread
-                        transport.abort()
-                    return
                 waiting = self.waiting_for
                 if waiting is None:
                     return
@@ -350,11 +338,29 @@ class Guard:
 
         return GuardedHttp
 
+    def unread(self, protocol: Any, now: float) -> bool:
+        """Drop a connection whose client leaves its answers unread: its buffer full for
+        WRITE_TIMEOUT, or closing (waiting for a flush) for CLOSE_GRACE; close() alone
+        would wait for ever. True when the connection is going away."""
+        transport = protocol.transport
+        paused = protocol.write_paused_at
+        if paused is not None and 0 < self.settings.write_timeout <= now - paused:
+            self.refused["write_timeout"] += 1
+            transport.abort()
+            return True
+        if not transport.is_closing():
+            return False
+        if protocol.closing_since is None:
+            protocol.closing_since = now
+        elif now - protocol.closing_since >= CLOSE_GRACE:
+            self.refused["write_timeout"] += 1
+            transport.abort()
+        return True
+
     def websocket_protocol(self) -> type[WebSocketsSansIOProtocol]:
         """uvicorn's WebSocket protocol (websockets' sans-I/O), with a budget for control
         frames and the same bounded close and write deadline as HTTP connections."""
         guard = self
-        settings = self.settings
 
         class GuardedWebSocket(WebSocketsSansIOProtocol):
             control_tokens = float(CONTROL_BURST)
@@ -395,19 +401,9 @@ class Guard:
                 super().resume_writing()
 
             def overdue(self, now: float) -> None:
-                transport = self.transport
-                paused = self.write_paused_at
-                if paused is not None and 0 < settings.write_timeout <= now - paused:
-                    # The app closes a socket that stopped reading (1013) sooner; this is
-                    # for one that keeps the buffer full another way (its own pings).
-                    guard.refused["write_timeout"] += 1
-                    transport.abort()
-                elif transport.is_closing():
-                    if self.closing_since is None:
-                        self.closing_since = now
-                    elif now - self.closing_since >= CLOSE_GRACE:
-                        guard.refused["write_timeout"] += 1
-                        transport.abort()
+                # The app closes a socket that stops reading (1013) sooner; this is for one
+                # that keeps its buffer full another way, or whose close cannot flush.
+                guard.unread(self, now)
 
         return GuardedWebSocket
 
