@@ -75,6 +75,17 @@ def error_frame(exc: ServiceError | LogError, msg_id: str | None) -> ErrorFrame:
     return ErrorFrame(code=problem.code, detail=problem.detail, id=msg_id)
 
 
+def _id_of(data: str | bytes) -> str | None:
+    """The ``id`` of a frame that failed validation, if it is a JSON object with a string
+    id (only on the error path: the frame is parsed a second time, loosely)."""
+    try:
+        loose = msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    found = loose.get("id") if isinstance(loose, dict) else None
+    return found[:128] if isinstance(found, str) else None
+
+
 class WsStats:
     """Plain counters, read by the metrics callbacks at scrape time: nothing on the
     delivery path but an integer add."""
@@ -387,7 +398,9 @@ class Session:
             detail = str(exc)
             if "`$.op`" in detail:
                 detail += f"; op is one of: {OPS}"
-            self._bad(ErrorFrame(code="invalid_frame", detail=detail))
+            # A send that failed validation (empty text, ...) still names its id when it
+            # has one: a client waits on that id for an ack or an error.
+            self._bad(ErrorFrame(code="invalid_frame", detail=detail, id=_id_of(data)))
             return
         except (msgspec.DecodeError, UnicodeDecodeError):
             self._bad(ErrorFrame(code="invalid_json", detail="frame is not a JSON object"))

@@ -182,7 +182,8 @@ class TokenSettings:
     data_dir: str = _data_dir("the local cluster whose signing key (auth/) signs")
     ttl: float = setting(
         3600.0, flag="--ttl", env=None, parse=keys.duration,
-        help="how long the token is valid: 30s, 15m, 1h, 7d", shown="1h",
+        help="how long the token is valid: 30s, 15m, 1h, 12h (services refuse more than "
+        "AUTH_MAX_LIFETIME, 24h by default)", shown="1h",
     )  # fmt: skip
 
 

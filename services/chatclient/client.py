@@ -148,7 +148,10 @@ class ChatClient:
         self._retry_delay = retry_delay
         self._channels: dict[str, _Channel] = {}
         self._pending: dict[str, _Pending] = {}
-        self._events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self._events: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
+        """Events in order; an exception ends ``events()`` with it, None ends it quietly."""
+        self._failure: BaseException | None = None
+        """Why the client stopped by itself (AuthFailed): sends after it raise this."""
         self._ws: websockets.ClientConnection | None = None
         self._epoch: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -173,15 +176,30 @@ class ChatClient:
             self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
+        """Stop; sends still waiting raise ClientClosed, later ones too, and ``events()``
+        ends."""
+        if self._closed and self._failure is None:
+            return
         self._closed = True
+        self._events.put_nowait(None)
         for task in (self._task, *self._timers):
             if task is not None:
                 task.cancel()
         await asyncio.gather(*(t for t in (self._task, *self._timers) if t), return_exceptions=True)
+        self._fail_pending(ClientClosed("closed before the ack"))
+
+    def _fail_pending(self, error: BaseException) -> None:
         for pending in self._pending.values():
             if not pending.future.done():
-                pending.future.set_exception(ClientClosed("closed before the ack"))
+                pending.future.set_exception(error)
         self._pending.clear()
+
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        self.start()
 
     def cursor(self, channel: str) -> int | None:
         state = self._channels.get(channel)
@@ -190,6 +208,7 @@ class ChatClient:
     async def join(self, channel: str, after: int | None = None) -> None:
         """Follow ``channel``: messages with seq > ``after`` (default: its last 100),
         then live ones, as :class:`Message` events, across reconnects."""
+        self._check_open()
         state = _Channel(cursor=after)
         self._channels[channel] = state
         await self._join(channel, state)
@@ -201,6 +220,7 @@ class ChatClient:
     async def send(self, channel: str, text: str, msg_id: str | None = None) -> Ack:
         """Store ``text`` on ``channel``; returns the ack (its seq) once the log has it.
         Raises SendFailed for what retrying cannot fix (forbidden, too long, ...)."""
+        self._check_open()
         msg_id = msg_id or uuid.uuid4().hex
         frame = encoder.encode({"op": "send", "channel": channel, "text": text, "id": msg_id})
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
@@ -235,6 +255,8 @@ class ChatClient:
         to stop."""
         while True:
             item = await self._events.get()
+            if item is None:
+                return
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -247,13 +269,15 @@ class ChatClient:
             code: int | None = None
             reason = ""
             try:
-                headers = await self._auth_headers()
-                async with websockets.connect(
-                    ws_url(node), additional_headers=headers, open_timeout=self._open_timeout
-                ) as ws:
+                token = await self._token()
+                async with websockets.connect(ws_url(node), open_timeout=self._open_timeout) as ws:
                     self._ws, self.node = ws, node
                     self.connections += 1
                     self._events.put_nowait(Connected(node))
+                    if token:
+                        # As a first frame, not a header: the node answers it with
+                        # `authed` (who we are), as it does for browsers.
+                        await ws.send(encoder.encode({"op": "auth", "token": token}).decode())
                     await self._resume(ws)
                     async for raw in ws:
                         attempt = 0  # this node serves us
@@ -268,7 +292,10 @@ class ChatClient:
             if self._closed:
                 return
             if code in AUTH_CLOSES and not callable(self._token_source):
-                self._events.put_nowait(AuthFailed(f"{node} closed with {code}: {reason}"))
+                self._failure = AuthFailed(f"{node} closed with {code}: {reason}")
+                self._closed = True
+                self._fail_pending(self._failure)
+                self._events.put_nowait(self._failure)
                 return
             if code != 1012:  # a new epoch is the cluster's, not this node's: stay
                 self._next += 1

@@ -74,6 +74,7 @@ class Connection:
             prefix=self.api, timeout=settings.publish_timeout
         )
         self.reconnects = 0
+        self.closing = False
         self.violations = 0
         self.last_violation = ""
 
@@ -91,6 +92,8 @@ class Connection:
                 conn.last_violation = str(exc)
 
         async def on_disconnected() -> None:
+            if conn is not None and conn.closing:
+                return  # our own close (a CLI command ending, a service stopping)
             log.warning("nats disconnected")
 
         async def on_reconnected() -> None:
@@ -135,6 +138,7 @@ class Connection:
         return bool(self.nc.is_connected)
 
     async def close(self) -> None:
+        self.closing = True
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()

@@ -13,6 +13,7 @@ from auth import keys
 from chatclient import (
     AuthFailed,
     ChatClient,
+    ClientClosed,
     Connected,
     Disconnected,
     EpochChanged,
@@ -173,3 +174,23 @@ async def test_history_pages_backwards_to_the_first_message(procs: NodeProcs) ->
         with pytest.raises(Refused) as refused:
             await client.history("bad channel!")
         assert refused.value.code == "invalid_channel"
+
+
+async def test_what_a_first_user_tripped_on_now_answers(procs: NodeProcs) -> None:
+    """From the user review: an empty text, a send after close, a send with a refused
+    token, and who we are, each answered instead of waiting for ever."""
+    a = procs.node("a")
+    async with ChatClient([a.url], token("ada", read=("*",), send=("*",))) as client:
+        with pytest.raises(SendFailed) as failed:
+            await asyncio.wait_for(client.send("room", ""), 15)
+        assert failed.value.code == "invalid_frame"
+        await client.send("room", "hello")
+        assert client.user == "ada"  # the node's `authed`, from the auth frame
+    with pytest.raises(ClientClosed):
+        await client.send("room", "too late")
+    expired = keys.mint(SIGNING_KEY, "ada", ttl=-60, read=("*",), send=("*",))
+    async with ChatClient([a.url], expired) as refused:
+        with pytest.raises(AuthFailed):
+            await asyncio.wait_for(refused.send("room", "never"), 15)
+        with pytest.raises(AuthFailed):
+            await refused.send("room", "nor this")

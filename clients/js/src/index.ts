@@ -142,6 +142,7 @@ export class ChatClient {
   private attempt = 0;
   private ws: WebSocket | null = null;
   private closed = false;
+  private started = false;
   /** Stopped because the node refused a fixed token: setToken starts again. */
   private refused = false;
   private epoch: string | null = null;
@@ -173,7 +174,10 @@ export class ChatClient {
   }
 
   start(): this {
-    if (this.ws === null && this.timer === null && !this.closed) void this.connect();
+    if (!this.started && !this.closed) {
+      this.started = true; // before any await: join() and send() call start() too
+      void this.connect();
+    }
     return this;
   }
 
@@ -192,7 +196,7 @@ export class ChatClient {
     if (this.refused) {
       this.refused = false;
       this.closed = false;
-      this.start();
+      void this.connect();
       return;
     }
     void this.currentToken().then((value) => {
@@ -207,6 +211,8 @@ export class ChatClient {
   /** Follow `channel`: messages with seq > `after` (default: its last 100), then live
    * ones, as `message` events, across reconnects. */
   join(channel: string, after: number | null = null): void {
+    if (this.closed && !this.refused) throw new ClientClosed("the client is closed");
+    this.start();
     const state: ChannelState = { cursor: after, joinsSent: 0, joinsSeen: 0 };
     this.channels.set(channel, state);
     this.sendJoin(channel, state);
@@ -219,6 +225,9 @@ export class ChatClient {
   /** Store `text` on `channel`; resolves with the ack once the log has it. Rejects with
    * Refused for what retrying cannot fix (forbidden, too long, ...). */
   send(channel: string, text: string, id: string = randomId()): Promise<Ack> {
+    // After a refused token (authfailed) sends wait for setToken; after close() none do.
+    if (this.closed && !this.refused) return Promise.reject(new ClientClosed("the client is closed"));
+    this.start();
     const frame = JSON.stringify({ op: "send", channel, text, id });
     return new Promise<Ack>((resolve, reject) => {
       this.pending.set(id, { frame, resolve, reject });

@@ -11,7 +11,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { ChatClient, Refused } from "../dist/index.js";
+import { ChatClient, ClientClosed, Refused } from "../dist/index.js";
 
 const PYTHON = process.env.CHAT_PYTHON ?? "python3";
 const data = mkdtempSync(join(tmpdir(), "chat-js-"));
@@ -139,6 +139,13 @@ test("a refused send rejects with the node's code", async () => {
   } finally {
     client.close();
   }
+});
+
+test("an empty text is refused and a closed client refuses sends", async () => {
+  const client = new ChatClient(nodes, token("eve"), { first: 0 });
+  await assert.rejects(client.send("js-room", ""), (e) => e instanceof Refused && e.code === "invalid_frame");
+  client.close();
+  await assert.rejects(client.send("js-room", "too late"), (e) => e instanceof ClientClosed);
 });
 
 test("a token function renews the token on the same socket", async () => {

@@ -40,7 +40,10 @@ function signIn(value) {
     status(`lost ${node} (${code ?? "no answer"}${reason ? ": " + reason : ""}); ` +
       `reconnecting in ${(retryIn / 1000).toFixed(1)} s`, true));
   client.on("authed", ({ user }) => { $("status").dataset.user = user; });
-  client.on("authfailed", () => signedOut("Your token was refused or has expired: paste a new one."));
+  client.on("authfailed", () => {
+    status("signed out: the token was refused or has expired", true);
+    signedOut("Your token was refused or has expired: paste a new one.");
+  });
   client.on("expiring", ({ expires_in }) =>
     signedOut(`Your token expires in ${Math.round(expires_in)} s: paste a new one to stay.`));
   client.on("epoch", () => { for (const list of shown.values()) list.clear(); render(); });
@@ -48,12 +51,12 @@ function signIn(value) {
   client.on("error", (e) => status(`${e.code}: ${e.detail}`, true));
   client.on("left", ({ channel: left }) => status(`you may no longer read ${left}`, true));
   client.start();
-  loadChannels();
+  client.on("connected", () => loadChannels()); // from whichever node answers, each time
 }
 
 async function loadChannels() {
   try {
-    const response = await fetch(`${client.node ?? nodes[0]}/channels?limit=200`, {
+    const response = await fetch(`${client.node ?? nodes[0]}/channels?limit=1000`, {
       headers: { authorization: `Bearer ${token}` },
     });
     if (!response.ok) return;
@@ -78,7 +81,13 @@ function channelItem(name) {
   return li;
 }
 
+const CHANNEL = /^[A-Za-z0-9_-]{1,64}$/;
+
 function open(name) {
+  if (!CHANNEL.test(name)) {
+    status(`"${name}" is not a channel name (1-64 of A-Z a-z 0-9 _ -)`, true);
+    return;
+  }
   if (!shown.has(name)) {
     shown.set(name, new Map());
     client.join(name);
@@ -92,6 +101,7 @@ function open(name) {
   }
   $("room-title").textContent = `# ${name}`;
   for (const el of [$("text"), $("send-form").querySelector("button"), $("older")]) el.disabled = false;
+  $("older").textContent = "Load older messages";
   render();
   $("text").focus();
 }
@@ -147,6 +157,7 @@ async function older() {
   }
   for (const m of page) if (!list.has(m.seq)) list.set(m.seq, line(m));
   render();
+  $("messages").scrollTop = 0; // what was just loaded is above: show it
 }
 
 async function send(text) {
@@ -162,11 +173,17 @@ async function send(text) {
     li.classList.remove("pending");
   } catch (error) {
     li.classList.replace("pending", "failed");
+    li.setAttribute("aria-label", "not sent");
     li.append(` (not sent: ${error.code ?? error.message})`);
   }
 }
 
-$("signin-form").addEventListener("submit", (e) => { e.preventDefault(); signIn($("token").value); });
+$("signin-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  signIn($("token").value);
+  if (channel === null && fragment.get("channel")) open(fragment.get("channel"));
+  $(channel === null ? "join-name" : "text").focus();
+});
 $("join-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const name = $("join-name").value.trim();

@@ -59,6 +59,7 @@ export class ChatClient {
     attempt = 0;
     ws = null;
     closed = false;
+    started = false;
     /** Stopped because the node refused a fixed token: setToken starts again. */
     refused = false;
     epoch = null;
@@ -89,8 +90,10 @@ export class ChatClient {
         return () => set.delete(listener);
     }
     start() {
-        if (this.ws === null && this.timer === null && !this.closed)
+        if (!this.started && !this.closed) {
+            this.started = true; // before any await: join() and send() call start() too
             void this.connect();
+        }
         return this;
     }
     close() {
@@ -109,7 +112,7 @@ export class ChatClient {
         if (this.refused) {
             this.refused = false;
             this.closed = false;
-            this.start();
+            void this.connect();
             return;
         }
         void this.currentToken().then((value) => {
@@ -123,6 +126,9 @@ export class ChatClient {
     /** Follow `channel`: messages with seq > `after` (default: its last 100), then live
      * ones, as `message` events, across reconnects. */
     join(channel, after = null) {
+        if (this.closed && !this.refused)
+            throw new ClientClosed("the client is closed");
+        this.start();
         const state = { cursor: after, joinsSent: 0, joinsSeen: 0 };
         this.channels.set(channel, state);
         this.sendJoin(channel, state);
@@ -134,6 +140,10 @@ export class ChatClient {
     /** Store `text` on `channel`; resolves with the ack once the log has it. Rejects with
      * Refused for what retrying cannot fix (forbidden, too long, ...). */
     send(channel, text, id = randomId()) {
+        // After a refused token (authfailed) sends wait for setToken; after close() none do.
+        if (this.closed && !this.refused)
+            return Promise.reject(new ClientClosed("the client is closed"));
+        this.start();
         const frame = JSON.stringify({ op: "send", channel, text, id });
         return new Promise((resolve, reject) => {
             this.pending.set(id, { frame, resolve, reject });
