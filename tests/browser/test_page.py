@@ -17,6 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The default suite does not install Selenium; `nox -s browser` does (browser.lock).
+pytest.importorskip("selenium", reason="the browser tests run in `nox -s browser`")
+
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service as Driver
