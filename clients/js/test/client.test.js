@@ -217,3 +217,51 @@ test("a client resumes on another node without gap or duplicate", async () => {
     client.close();
   }
 });
+
+// What an operator does when replacing the log: delete the stream and create it again
+// (with the admin's credentials). Every seq of the old log then means nothing.
+const REPLACE_LOG = `
+import asyncio, json, sys
+from chatlog import ChatLog, LogSettings, StreamSpec
+from chatlog.roles import ADMIN
+data, creds = sys.argv[1], sys.argv[2]
+url = json.load(open(data + "/cluster.json"))["nats"][0]["url"]
+async def main():
+    log = await ChatLog.open(LogSettings(nats_urls=(url,), creds=creds), "js test", ADMIN)
+    try:
+        await log.delete_stream()
+        await log.ensure_stream(StreamSpec())
+    finally:
+        await log.close()
+asyncio.run(main())
+`;
+
+test("a new epoch drops the cursors and joins again", async () => {
+  const admin = cli("token", "--user", "writer", "--admin");
+  const client = new ChatClient([nodes[2]], token("fay"), { first: 0, backoff: [50, 500] }).start();
+  try {
+    client.join("js-epoch", 0);
+    await collect(client, "joined", 1);
+    const old = collect(client, "message", 3);
+    for (let i = 0; i < 3; i++) await client.send("js-epoch", `old ${i}`);
+    await old;
+    const changed = collect(client, "epoch", 1, 60_000);
+    const fresh = collect(client, "message", 1, 60_000);
+    execFileSync(PYTHON, ["-c", REPLACE_LOG, data, cli("creds", "admin")]);
+    // The node bootstraps the new log; a send through it is stored as seq 1 of it.
+    await until(async () => {
+      const response = await fetch(`${nodes[2]}/messages`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${admin}` },
+        body: JSON.stringify({ channel: "js-epoch", text: "new", id: "the-new-one" }),
+      });
+      return response.status === 201;
+    }, "a send into the new log", 60_000);
+    const [event] = await changed;
+    assert.ok(event.epoch);
+    const [first] = await fresh;
+    assert.deepEqual([first.seq, first.text], [1, "new"]); // the old cursor was 3 or more
+  } finally {
+    client.close();
+  }
+});
