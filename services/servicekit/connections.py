@@ -64,8 +64,8 @@ class ConnectionSettings:
     max_connections: int = setting(
         10_000, flag="--max-connections", env="MAX_CONNECTIONS", parse=non_negative_int,
         help="open connections (HTTP and WebSocket) this process accepts; beyond it 503 "
-        "too_many_connections and the socket is closed at once; lowered to fit the "
-        "process's file descriptor limit; 0: only that limit",
+        "too_many_connections at once; lowered to fit the process's file descriptor "
+        "limit; 0: only that limit",
     )  # fmt: skip
     header_timeout: float = setting(
         10.0, flag="--header-timeout", env="HEADER_TIMEOUT", parse=non_negative_float,
