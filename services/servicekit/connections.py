@@ -51,6 +51,10 @@ once, below the app: a flood of them took a node's whole CPU and, with its pongs
 read, 20 MiB a second."""
 MAX_PIPELINED = 16
 """Requests one connection may have waiting behind the one being answered."""
+MAX_DRAINING = 128
+"""Refused connections drained at once; beyond it a refusal closes at once (its client
+may see a reset instead of the answer), so that a flood of refused connections cannot
+hold the descriptors kept for everything else."""
 CLOSE_GRACE = 2.0
 """Seconds a closing connection may take to write what it still holds (or a refused one
 to read what its client still sends) before it is aborted."""
@@ -150,6 +154,8 @@ class Guard:
             f"a request's line and headers may take {MAX_HEAD_BYTES} bytes",
         )  # fmt: skip
         self.by_address: dict[str, int] = {}
+        self.draining = 0
+        """Refused connections still being drained (at most MAX_DRAINING)."""
         """Open HTTP connections by client address (WebSockets leave it at their upgrade)."""
         self._too_slow = _answer(
             408, "Request Timeout", "header_timeout",
@@ -177,6 +183,7 @@ class Guard:
             too_many_pipelined = False
             head_bytes = 0
             too_big = False
+            draining = False
             running: Any = None
             """The cycle whose app task runs (uvicorn's ``cycle`` is the newest parsed)."""
 
@@ -208,8 +215,12 @@ class Guard:
                         cycle.disconnected = True
                         cycle.message_event.set()
                 self.transport.write(answer)
-                if self.transport.can_write_eof():
-                    self.transport.write_eof()
+                if guard.draining >= MAX_DRAINING or not self.transport.can_write_eof():
+                    self.transport.close()
+                    return
+                self.transport.write_eof()
+                guard.draining += 1
+                self.draining = True
                 self.waiting_for, self.since = "refused", now
 
             def _uncount(self) -> None:
@@ -223,6 +234,9 @@ class Guard:
 
             def connection_lost(self, exc: Exception | None) -> None:
                 self._uncount()
+                if self.draining:
+                    self.draining = False
+                    guard.draining -= 1
                 running = self.running
                 if running is not None and not running.response_complete:
                     # uvicorn marks only its newest cycle disconnected; with pipelining
