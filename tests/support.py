@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from litestar import Litestar
 from litestar.testing import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from auth import AuthSettings, keys
 from chat.settings import NodeSettings
@@ -108,6 +109,22 @@ def http(
     except urllib.error.HTTPError as exc:
         raw = exc.read()
         return exc.code, json.loads(raw) if raw.startswith((b"{", b"[")) else raw
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics page (Prometheus's own parser), by name and sorted labels."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def metric(base: str, name: str, **labels: str) -> float:
+    """One sample of a running service's /metrics; 0 while it has none (a counter not
+    yet incremented)."""
+    page = samples(http("GET", base + "/metrics")[1].decode())
+    return page.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def get_json(url: str) -> Any:

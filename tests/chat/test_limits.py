@@ -5,7 +5,6 @@ a client that stops reading, and the lag /readyz reports."""
 import asyncio
 import contextlib
 import json
-import re
 import socket
 from typing import Any
 
@@ -15,13 +14,11 @@ import websockets
 from chat.node import readiness
 from chat_cluster.local import Service
 from tests.chat.test_sockets import RawClient, join, recv, ws_url
-from tests.support import ADMIN_TOKEN, NodeProcs, all_messages, bearer, http, token, until
+from tests.support import ADMIN_TOKEN, NodeProcs, all_messages, bearer, http, metric, token, until
 
 
 def refused(base: str, reason: str) -> float:
-    metrics = http("GET", base + "/metrics")[1].decode()
-    found = re.search(rf'^chat_limits_refused_total\{{reason="{reason}"\}} (\S+)$', metrics, re.M)
-    return float(found.group(1)) if found else 0.0
+    return metric(base, "chat_limits_refused_total", reason=reason)
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -294,9 +291,7 @@ async def stalled_history_join(node: Service) -> tuple[int, int]:
 
 
 def closed_overflow(base: str) -> float:
-    metrics = http("GET", base + "/metrics")[1].decode()
-    found = re.search(r'^chat_ws_closed_total\{reason="overflow"\} (\S+)$', metrics, re.M)
-    return float(found.group(1)) if found else 0.0
+    return metric(base, "chat_ws_closed_total", reason="overflow")
 
 
 def test_a_node_behind_the_log_stays_ready_unless_past_ready_max_lag() -> None:

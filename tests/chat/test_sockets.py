@@ -4,7 +4,6 @@ import asyncio
 import base64
 import json
 import os
-import re
 import signal
 import socket
 import struct
@@ -18,6 +17,7 @@ from tests.support import (
     all_messages,
     bearer,
     http,
+    metric,
     token,
     until,
     wait_until,
@@ -209,9 +209,7 @@ async def test_waiting_reads_are_capped_and_answered_busy(procs: NodeProcs) -> N
 
 
 def replica_waiting(base: str) -> float:
-    metrics = http("GET", base + "/metrics")[1].decode()
-    found = re.search(r"^chat_reads_waiting(?:_ratio)? (\S+)$", metrics, re.M)
-    return float(found.group(1)) if found else -1
+    return metric(base, "chat_reads_waiting")
 
 
 async def test_a_flooding_sender_is_rate_limited_and_keeps_its_socket(procs: NodeProcs) -> None:
@@ -249,8 +247,9 @@ async def test_a_flooding_sender_is_rate_limited_and_keeps_its_socket(procs: Nod
         http, "POST", url, {"channel": "room", "text": "calm"}, headers=other, token=None
     )
     assert status == 201
-    metrics = (await asyncio.to_thread(http, "GET", node.url + "/metrics"))[1].decode()
-    refused = re.search(r'^chat_limits_refused_total\{reason="send_rate"\} (\S+)$', metrics, re.M)
-    assert refused is not None and float(refused.group(1)) == statuses.count(429) + len(limited)
+    refused = await asyncio.to_thread(
+        metric, node.url, "chat_limits_refused_total", reason="send_rate"
+    )
+    assert refused == statuses.count(429) + len(limited)
     stored = await asyncio.to_thread(all_messages, node.url, "room")
     assert len(stored) == sum(s == 201 for s in statuses) + len(frames) - len(limited) + 1

@@ -18,7 +18,6 @@ the limits are set to match, so each one is reached (docs/limits.md has the tabl
 import asyncio
 import contextlib
 import json
-import re
 import resource
 import signal
 import socket
@@ -52,6 +51,7 @@ from tests.support import (
     bearer,
     get_json,
     http,
+    metric,
     token,
     until,
 )
@@ -369,9 +369,7 @@ async def test_a_flooding_user_gets_its_rate_and_nothing_more(
 
 
 def open_websockets(base: str) -> float:
-    metrics = http("GET", base + "/metrics")[1].decode()
-    found = re.search(r"^chat_ws_connections(?:_total)? (\S+)$", metrics, re.M)
-    return float(found.group(1)) if found else -1
+    return metric(base, "chat_ws_connections")
 
 
 async def test_a_hundred_thousand_channels_list_in_pages(

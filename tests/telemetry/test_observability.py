@@ -16,7 +16,6 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client.parser import text_string_to_metric_families
 
 import telemetry
 from archiver.app import create_app as create_archiver
@@ -27,7 +26,16 @@ from chat.node import Node
 from chat_cluster.natsserver import NatsServer
 from chatlog import ChatLog
 from chatlog.roles import ARCHIVER, NODE
-from tests.support import AUTH, client, log_settings, node_settings, said, until, wait_until
+from tests.support import (
+    AUTH,
+    client,
+    log_settings,
+    node_settings,
+    said,
+    samples,
+    until,
+    wait_until,
+)
 
 _exporter = InMemorySpanExporter()
 
@@ -42,15 +50,6 @@ def spans() -> Iterator[InMemorySpanExporter]:
     _exporter.clear()
     yield _exporter
     _exporter.clear()
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a /metrics page, by name and sorted labels."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    return out
 
 
 def value(
