@@ -53,6 +53,8 @@ def main(base: str, token: str, out: str) -> None:
             took = time.monotonic() - started
             if resp.status == 200:
                 latencies.append(took)
+                if len(latencies) == 1:
+                    open(out + ".ready", "w").close()  # the test starts its attack now
             else:
                 failures.append(f"healthz {resp.status} after {took:.3f}s")
             if n % 10 == 0:

@@ -98,8 +98,8 @@ async def well_behaved(node: Service, workdir: Path) -> AsyncIterator[dict[str, 
     )
     report: dict[str, Any] = {}
     try:
-        # Let it make a few answers before the attack starts.
-        await asyncio.sleep(0.5)
+        ready = Path(str(out) + ".ready")
+        await until(ready.exists, what="the well-behaved client's first answer")
         yield report
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -150,8 +150,16 @@ def hold_idle_sockets(
         sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
         sock.setblocking(False)
         kept.append(sock)
-    # A refused socket has its 503 waiting to be read; a kept one has nothing yet.
-    time.sleep(0.5)
+    # The node accepts in order and answers a refusal as it accepts: once a request on a
+    # connection opened after all of these is answered, every refused one has its 503
+    # waiting to be read, and a kept one has nothing.
+    marker = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        marker.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        with contextlib.suppress(ConnectionResetError):  # refused at once is an answer too
+            read_all(marker)
+    finally:
+        marker.close()
     still: list[socket.socket] = []
     for sock in kept:
         try:
