@@ -7,27 +7,31 @@ ratios hold where absolute numbers drift.
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 from pathlib import Path
 
-from bench import figures
-from bench.common import Figure, machine, raise_fd_limit, write_results
+from bench import figures, presence
+from bench.common import RESULTS, Figure, machine, raise_fd_limit, write_results
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, only: str | None) -> None:
     raise_fd_limit()
     work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     scale = 10 if quick else 1
     results: list[Figure] = []
 
-    async def section(name: str, coro: object) -> None:
+    async def section(name: str, coro: object, number: str = "") -> None:
+        if only is not None and number != only:
+            coro.close()  # type: ignore[attr-defined]
+            return
         print(f"-- {name}", flush=True)
         try:
             got = await coro  # type: ignore[misc]
         except Exception as exc:  # a broken figure is reported, the rest still run
             print(f"   failed: {exc!r}", flush=True)
-            results.append(Figure("-", f"{name} (did not complete: {exc!r:.80})", 0, ""))
+            results.append(Figure(number or "-", f"{name} (did not complete: {exc!r:.80})", 0, ""))
             return
         for figure in got:
             print(f"   {figure}", flush=True)
@@ -61,10 +65,19 @@ async def main(quick: bool) -> None:
     )
     await section("user tokens cost", figures.auth_cost(work, 10_000 // scale, 2_000 // scale))
     await section("client limits cost", figures.limits_cost(work, 10_000 // scale, 2_000 // scale))
+    await section(
+        "presence cost", presence.presence_cost(work, 10_000 // scale, 100, 30), number="11"
+    )
+    if only is not None:
+        # One figure again: the others stay as the last full run measured them.
+        kept = json.loads((RESULTS / "latest.json").read_text())["figures"]
+        results = [Figure(**f) for f in kept if f["number"] != only] + results
     print(write_results(results, machine()))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    sys.exit(asyncio.run(main(parser.parse_args().quick)))
+    parser.add_argument("--only", help="run one figure (its number) and update its rows")
+    args = parser.parse_args()
+    sys.exit(asyncio.run(main(args.quick, args.only)))

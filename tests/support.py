@@ -12,12 +12,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import nats as nats_client
 from litestar import Litestar
 from litestar.testing import TestClient
+from nats.aio.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from auth import AuthSettings, keys
@@ -27,7 +30,7 @@ from chat_cluster.local import Service
 from chat_cluster.natsserver import Auth, NatsServer, ServerConfig
 from chat_cluster.processes import free_port
 from chatlog import ChatLog, LogSettings, StreamSpec
-from chatlog.roles import ADMIN, ARCHIVER, NODE
+from chatlog.roles import ADMIN, ARCHIVER, NODE, inbox_prefix
 
 T = TypeVar("T")
 
@@ -284,3 +287,28 @@ class NodeProcs:
     def stop_all(self) -> None:
         for service in self.started:
             service.stop(10)
+
+
+@asynccontextmanager
+async def raw(nats: NatsServer, role: str | None) -> AsyncIterator[tuple[Client, list[str]]]:
+    """A bare nats-py client with ``role``'s key (None: no credentials), and the errors
+    the server reported to it."""
+    assert nats.creds is not None
+    errors: list[str] = []
+
+    async def note(exc: Exception) -> None:
+        errors.append(str(exc).lower())
+
+    extra = {} if role is None else {"nkeys_seed": str(nats.creds.path(role))}
+    nc = await nats_client.connect(
+        nats.config.url,
+        inbox_prefix=inbox_prefix(role or ADMIN),
+        error_cb=note,
+        max_reconnect_attempts=1,
+        connect_timeout=2,
+        **extra,
+    )
+    try:
+        yield nc, errors
+    finally:
+        await nc.close()

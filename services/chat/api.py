@@ -17,7 +17,15 @@ from auth.identity import Identity
 from auth.web import handshake_headers, query_token
 from chat import history
 from chat.node import Node
-from chat.wire import GrantView, Progress, SendResult, encode_text, grant_decoder, send_decoder
+from chat.wire import (
+    GrantView,
+    PresencePage,
+    Progress,
+    SendResult,
+    encode_text,
+    grant_decoder,
+    send_decoder,
+)
 from chat.ws import CLOSE_GOING_AWAY, CLOSE_UNAUTHORIZED, Session, error_frame
 from chatlog import DEFAULT_CHANNEL, check_channel
 from servicekit.errors import ServiceError, bad_request
@@ -25,6 +33,7 @@ from servicekit.shapes import (
     CHANNELS_MAX,
     PAGE_DEFAULT,
     PAGE_MAX,
+    PRESENCE_MAX,
     SEQ_MAX,
     ChannelInfo,
     MessagesPage,
@@ -151,11 +160,42 @@ async def list_channels(
     who = await gate.identify(request.headers)
     may_read = gate.access.may_read
     channels = node.replica.channels
+    online = node.presence.online
     names = sorted(name for name in channels if name > after and may_read(who, name))
     return [
-        ChannelInfo(channel=name, count=channels[name].total, last_seq=channels[name].last_seq)
+        ChannelInfo(
+            channel=name,
+            count=channels[name].total,
+            last_seq=channels[name].last_seq,
+            online=online(name),
+        )
         for name in names[:limit]
     ]
+
+
+@get("/presence")
+async def list_presence(
+    request: Request[object, object, State],
+    state: State,
+    channel: FromQuery[str] = DEFAULT_CHANNEL,
+    after: Annotated[str, QueryParameter(max_length=64)] = "",
+    limit: Annotated[int, QueryParameter(ge=1, le=PRESENCE_MAX)] = PRESENCE_MAX,
+) -> PresencePage:
+    """Who is in ``channel`` now, on every node: members in user order after ``after``,
+    with their number of sockets, and how many there are. Whoever may read the channel
+    may ask (as for its history)."""
+    node: Node = state.node
+    check_channel(channel)
+    gate = _gate(request)
+    gate.check_read(await gate.identify(request.headers), channel)
+    presence = node.presence
+    if not presence.enabled:
+        raise ServiceError(
+            404, "presence_off", "presence is off on this node (PRESENCE_INTERVAL=0)"
+        )
+    members, more = presence.listing(channel, after, limit)
+    online = presence.online(channel)
+    return PresencePage(channel=channel, online=online, members=members, more=more)
 
 
 @put("/admin/grants/{user:str}/{channel:str}")
@@ -301,6 +341,7 @@ HTTP_ROUTES = [
     list_messages,
     send_message,
     list_channels,
+    list_presence,
     put_grant,
     delete_grant,
     list_grants,

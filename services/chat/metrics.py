@@ -79,6 +79,40 @@ class NodeMetrics:
                 "before, still valid), refused (401)")  # fmt: skip
         gauge("chat.auth.grants", [self._grants], "{grant}",
               "Grants held (user and channel pairs from the grants bucket)")  # fmt: skip
+        gauge("chat.presence.entries", [self._presence_entries], "{entry}",
+              "Presence entries held: (node, channel, user) with sockets, this node's and "
+              "every other node's")  # fmt: skip
+        gauge("chat.presence.online", [self._presence_online], "{user}",
+              "(channel, user) pairs present on some node: the sum served")  # fmt: skip
+        gauge("chat.presence.peers", [self._presence_peers], "{node}",
+              "Other nodes whose presence this node holds (heard within PRESENCE_TTL)")  # fmt: skip
+        counter("chat.presence.messages", [self._presence_messages], "{message}",
+                "Presence messages on NATS, by direction: out (published), in (from "
+                "other nodes), invalid (not understood), failed (not published)")  # fmt: skip
+        counter("chat.presence.repairs", [self._presence_repairs], "{event}",
+                "Presence mended by a heartbeat or a TTL, by reason: gap (a message from "
+                "a node was lost), expired (a node went silent for PRESENCE_TTL)")  # fmt: skip
+
+    def _presence_entries(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._node.presence.entries)
+
+    def _presence_online(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._node.presence.pairs)
+
+    def _presence_peers(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self._node.presence.peers)
+
+    def _presence_messages(self, _: CallbackOptions) -> Iterable[Observation]:
+        stats = self._node.presence.stats
+        yield Observation(stats.sent, {"direction": "out"})
+        yield Observation(stats.received, {"direction": "in"})
+        yield Observation(stats.invalid, {"direction": "invalid"})
+        yield Observation(stats.send_failed, {"direction": "failed"})
+
+    def _presence_repairs(self, _: CallbackOptions) -> Iterable[Observation]:
+        stats = self._node.presence.stats
+        yield Observation(stats.gaps, {"reason": "gap"})
+        yield Observation(stats.expired, {"reason": "expired"})
 
     def _applied_seq(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self._replica.applied)

@@ -10,14 +10,17 @@ from chat.follower import Follower
 from chat.grants import Policy
 from chat.limits import SendLimiter
 from chat.logstate import LogState
+from chat.presence import Presence
 from chat.replica import Replica
 from chat.saver import Saver
 from chat.settings import NodeSettings
 from chat.writes import SendMetrics, Writer
 from chat.ws import Hub
 from chatlog import ChatLog
+from chatlog.bus import Bus
 from chatlog.roles import NODE
 from chatlog.stream import DEFAULT_MAX_TEXT
+from options import ConfigError
 from servicekit.connections import Guard
 from servicekit.tasks import Background
 
@@ -54,6 +57,8 @@ class Node:
     """Connection limits: the server's protocol class and its sweep come from it."""
     refused: Counter[str]
     """Requests and sockets refused by a limit, by reason (chat_limits_refused_total)."""
+    presence: Presence
+    """Who is in which channel, on every node (core NATS beside the log, never in it)."""
 
     @classmethod
     def create(cls, settings: NodeSettings, meter: Meter, tracing: bool) -> "Node":
@@ -63,7 +68,15 @@ class Node:
         log_state = LogState()
         gate = Gate(settings.auth)  # ConfigError without keys, unless --no-auth
         refused: Counter[str] = Counter()
-        hub = Hub(settings, refused)
+        if settings.presence_interval and settings.presence_ttl < 2 * settings.presence_interval:
+            raise ConfigError(
+                f"PRESENCE_TTL ({settings.presence_ttl:g}s) must be at least twice "
+                f"PRESENCE_INTERVAL ({settings.presence_interval:g}s): one lost heartbeat "
+                "must not make a node's users vanish"
+            )
+        bus = Bus(settings.log, f"chat-node {settings.node_id} presence", NODE)
+        presence = Presence(settings, bus if settings.presence_interval else None)
+        hub = Hub(settings, refused, presence)
         return cls(
             settings=settings,
             chatlog=chatlog,
@@ -85,6 +98,7 @@ class Node:
             policy=Policy(chatlog, gate.grants, hub),
             guard=Guard(settings.connections, refused),
             refused=refused,
+            presence=presence,
         )
 
     @property
@@ -120,6 +134,8 @@ class Node:
             self.gate.verifier.on_change.append(self.hub.keys_changed)
         self.background.start("follower", self.follower.run())
         self.background.start("stalled sockets", self.hub.watch_stalls())
+        if self.presence.enabled:
+            self.background.start("presence", self.presence.run())
         if self.gate.enabled:
             self.background.start("grants", self.policy.run())
         if self.gate.verifier is not None and self.gate.verifier.has_remote_keys:
@@ -133,4 +149,5 @@ class Node:
         then the connection drains."""
         await self.hub.drain(self.settings.grace)
         await self.background.stop()
+        await self.presence.stop()  # after the tasks: nothing is published after the bye
         await self.chatlog.close()

@@ -111,6 +111,17 @@ class NodeSettings:
         help="messages this node may be behind the log and still say ready; /readyz always "
         "reports the lag, and says lagging while there is one; 0: never unready for lag",
     )  # fmt: skip
+    presence_interval: float = setting(
+        5.0, flag="--presence-interval", env="PRESENCE_INTERVAL", parse=non_negative_float,
+        help="seconds between this node's full presence heartbeats (who is in which channel "
+        "on its sockets; changes go out within 0.1 s); a node that starts or missed a "
+        "change is right again after one; 0 turns presence off",
+    )  # fmt: skip
+    presence_ttl: float = setting(
+        15.0, flag="--presence-ttl", env="PRESENCE_TTL", parse=positive_float,
+        help="seconds after which the users of a node that has sent no presence (killed, "
+        "cut off) are no longer shown; at least twice PRESENCE_INTERVAL",
+    )  # fmt: skip
     min_seq_wait: float = setting(
         5.0, flag="--min-seq-wait", env="MIN_SEQ_WAIT", parse=positive_float,
         help="seconds a read with min_seq waits for that seq before 503 not_caught_up",
@@ -130,3 +141,6 @@ class NodeSettings:
     ws_inflight_sends: int = 256
     ws_close_timeout: float = 10.0
     snapshot_interval: float = 10.0
+    presence_tick: float = 0.1
+    """Presence changes are batched this long: out to the other nodes, and to sockets
+    watching a channel (one frame per channel per tick, however many joined)."""

@@ -51,6 +51,9 @@ class Progress(msgspec.Struct, frozen=True):
 class Join(msgspec.Struct, frozen=True, tag="join", tag_field="op", forbid_unknown_fields=True):
     channel: str
     after: int | None = None
+    presence: bool = False
+    """Also send a ``presence`` snapshot after ``joined``, then ``presence_join`` and
+    ``presence_leave`` frames while joined."""
 
 
 class Leave(msgspec.Struct, frozen=True, tag="leave", tag_field="op", forbid_unknown_fields=True):
@@ -79,8 +82,18 @@ class Refresh(
     token: str
 
 
-ClientFrame = Join | Leave | Send | Auth | Refresh
-OPS = "join, leave, send, auth, refresh"
+class PresenceQuery(
+    msgspec.Struct, frozen=True, tag="presence", tag_field="op", forbid_unknown_fields=True
+):
+    """Who is in ``channel`` now (the channel need not be joined; it must be readable)."""
+
+    channel: str
+    after: str = ""
+    """Members listed after this user name (the next page of a channel with many)."""
+
+
+ClientFrame = Join | Leave | Send | Auth | Refresh | PresenceQuery
+OPS = "join, leave, send, auth, refresh, presence"
 
 
 # WebSocket, node to client. Messages are the stored record JSON with "op" spliced in.
@@ -121,6 +134,50 @@ class ErrorFrame(msgspec.Struct, frozen=True, tag="error", tag_field="op"):
     code: str
     detail: str
     id: str | None = None
+
+
+class Member(msgspec.Struct, frozen=True):
+    user: str
+    count: int
+    """The user's sockets in the channel, on every node (tabs, devices)."""
+
+
+class PresencePage(msgspec.Struct, frozen=True):
+    """``GET /presence``: members in user order, ``limit`` of them after ``after``."""
+
+    channel: str
+    online: int
+    """Users in the channel now (each once, whatever their number of sockets)."""
+    members: list[Member]
+    more: bool
+    """More members after the last one listed: ask again with ``after``."""
+
+
+class PresenceFrame(msgspec.Struct, frozen=True, tag="presence", tag_field="op"):
+    """The WebSocket's ``presence`` snapshot (the same page as ``GET /presence``)."""
+
+    channel: str
+    online: int
+    members: list[Member]
+    more: bool
+
+
+class PresenceJoin(msgspec.Struct, frozen=True, tag="presence_join", tag_field="op"):
+    """Users who came into ``channel`` (their first socket, on any node) in the last
+    tick. Apply as a set: a user already shown stays shown."""
+
+    channel: str
+    users: list[str]
+    online: int
+
+
+class PresenceLeave(msgspec.Struct, frozen=True, tag="presence_leave", tag_field="op"):
+    """Users who left ``channel`` (their last socket closed or left, or their node
+    stopped or went silent for PRESENCE_TTL) in the last tick."""
+
+    channel: str
+    users: list[str]
+    online: int
 
 
 class GrantView(msgspec.Struct, frozen=True):

@@ -22,6 +22,7 @@ from litestar import WebSocket
 from auth import Gate, Identity
 from chat import history
 from chat.limits import RateLimited, refill
+from chat.presence import Presence
 from chat.replica import Replica
 from chat.settings import NodeSettings
 from chat.wire import (
@@ -34,6 +35,8 @@ from chat.wire import (
     Joined,
     Leave,
     Left,
+    PresenceFrame,
+    PresenceQuery,
     Refresh,
     Send,
     TokenExpiring,
@@ -44,6 +47,7 @@ from chat.wire import (
 from chat.writes import Writer
 from chatlog import ChatLog, LogError, check_channel
 from servicekit.errors import ServiceError, problem_of
+from servicekit.shapes import PRESENCE_MAX
 
 log = logging.getLogger("chat.ws")
 
@@ -101,12 +105,14 @@ class WsStats:
 
 
 class Subscription:
-    __slots__ = ("channel", "cursor", "live")
+    __slots__ = ("channel", "cursor", "live", "present")
 
     def __init__(self, channel: str, cursor: int) -> None:
         self.channel = channel
         self.cursor = cursor  # last seq sent or queued for this channel
         self.live = False
+        self.present = False
+        """Counted in the channel's presence (an authenticated user's socket)."""
 
 
 class Session:
@@ -180,8 +186,8 @@ class Session:
             for task in (*tasks, *self._sends):
                 task.cancel()
             await asyncio.gather(*tasks, *self._sends, return_exceptions=True)
-            for channel in self._subs:
-                self._replica.unlisten(channel, self)
+            for sub in self._subs.values():
+                self._unsubscribe(sub)
             self._subs.clear()
         if self._close is not None:
             # The close frame queues behind what the socket already buffered; a client that
@@ -284,18 +290,22 @@ class Session:
         if who is None:
             return
         for channel in [c for c in self._subs if not self._gate.access.may_read(who, c)]:
-            del self._subs[channel]
-            self._replica.unlisten(channel, self)
+            self._unsubscribe(self._subs.pop(channel))
             self._queue(ErrorFrame(code="forbidden", detail=f"read access to {channel} ended"))
             self._queue(Left(channel=channel, reason="forbidden"))
 
     def _queue(self, frame: object) -> None:
-        # Answers count against WS_QUEUE as messages do: a client that sends frames (a
-        # flood of leaves) and reads none of the answers must not grow the queue.
+        self.presence(encode_text(frame))
+
+    def presence(self, frame: str) -> None:
+        """A frame encoded already: an answer, or a presence frame built once for every
+        watcher of a channel. Both count against WS_QUEUE as messages do: a client that
+        sends frames (a flood of leaves) and reads none of the answers must not grow the
+        queue."""
         if len(self._out) >= self._settings.ws_queue:
             self.close(CLOSE_TRY_AGAIN, "client too slow; reconnect and join with after", False)
             return
-        self._out.append((None, encode_text(frame)))
+        self._out.append((None, frame))
         self._wake.set()
 
     async def _send_loop(self) -> None:
@@ -412,13 +422,18 @@ class Session:
                 self._queue(ErrorFrame(code="unauthorized", detail="send auth first"))
                 self.close(CLOSE_UNAUTHORIZED, "no token")
                 return
-            elif isinstance(frame, Join):
+            elif isinstance(frame, Join | PresenceQuery):
                 try:
+                    # A presence query costs what a join does (a listing), and counts so.
                     self._take_join()
                 except RateLimited as exc:
                     await self._refused(exc, None)
                     return
-                self._join(frame, self.identity)
+                if isinstance(frame, Join):
+                    self._join(frame, self.identity)
+                else:
+                    self._gate.check_read(self.identity, check_channel(frame.channel))
+                    self._queue(self._presence_snapshot(frame.channel, frame.after))
             elif isinstance(frame, Leave):
                 self._leave(frame)
             else:
@@ -500,6 +515,8 @@ class Session:
             raise ServiceError(503, "not_ready", "this node has not loaded the log yet; retry")
         if frame.after is not None and frame.after < 0:
             raise ServiceError(400, "invalid_after", "after must be >= 0")
+        if frame.presence:
+            self._presence_on()
         if channel not in self._subs and len(self._subs) >= self._settings.ws_max_channels:
             raise ServiceError(
                 400, "too_many_channels", f"at most {self._settings.ws_max_channels} channels"
@@ -508,17 +525,51 @@ class Session:
         if after is None:
             after = self._replica.default_after(channel, HISTORY_DEFAULT)
         sub = Subscription(channel, after)
+        old = self._subs.get(channel)
         self._subs[channel] = sub
         self._stats.joins += 1
+        presence = self._hub.presence
+        if old is not None:
+            sub.present = old.present  # a join again: the same socket, counted once
+        elif who.user is not None and presence.enabled:
+            presence.add(channel, who.user)
+            sub.present = True
         self._replica.listen(channel, self)
         self._queue(Joined(channel=channel, epoch=epoch, last_seq=self._replica.applied))
+        if frame.presence:
+            # The snapshot and the watch in one step: every change after it is in a frame.
+            self._queue(self._presence_snapshot(channel, ""))
+            presence.watch(channel, self)
+        else:
+            presence.unwatch(channel, self)
         self._out.append((sub, None))
+
+    def _presence_on(self) -> None:
+        if not self._hub.presence.enabled:
+            raise ServiceError(
+                404, "presence_off", "presence is off on this node (PRESENCE_INTERVAL=0)"
+            )
+
+    def _presence_snapshot(self, channel: str, after: str) -> PresenceFrame:
+        self._presence_on()
+        presence = self._hub.presence
+        members, more = presence.listing(channel, after, PRESENCE_MAX)
+        return PresenceFrame(channel, presence.online(channel), members, more)
 
     def _leave(self, frame: Leave) -> None:
         channel = check_channel(frame.channel)
-        if self._subs.pop(channel, None) is not None:
-            self._replica.unlisten(channel, self)
+        sub = self._subs.pop(channel, None)
+        if sub is not None:
+            self._unsubscribe(sub)
         self._queue(Left(channel=channel))
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        """The socket is no longer in ``sub``'s channel: no messages, no presence."""
+        self._replica.unlisten(sub.channel, self)
+        presence = self._hub.presence
+        presence.unwatch(sub.channel, self)
+        if sub.present and self.identity is not None and self.identity.user is not None:
+            presence.remove(sub.channel, self.identity.user)
 
     async def _send(self, frame: Send) -> None:
         assert self.identity is not None
@@ -541,8 +592,9 @@ class Session:
 class Hub:
     """Every open session, so that shutdown, epoch changes and revocations reach them."""
 
-    def __init__(self, settings: NodeSettings, refused: Counter[str]) -> None:
+    def __init__(self, settings: NodeSettings, refused: Counter[str], presence: Presence) -> None:
         self.sessions: set[Session] = set()
+        self.presence = presence
         self.by_user: dict[str, set[Session]] = {}
         """Authenticated sockets by user; in anonymous mode by ``addr:`` client address."""
         self._tasks: set[asyncio.Task[None]] = set()

@@ -1,8 +1,20 @@
 """A Python client of a chat cluster: failover across nodes, resume without gap or
-duplicate, idempotent sends, token refresh. See :mod:`chatclient.client`."""
+duplicate, idempotent sends, token refresh, presence. See :mod:`chatclient.client`."""
 
 from chatclient.client import AuthFailed, ChatClient, ClientClosed, Refused, SendFailed
-from chatclient.frames import Ack, Connected, Disconnected, EpochChanged, Joined, Left, Message
+from chatclient.frames import (
+    Ack,
+    Connected,
+    Disconnected,
+    EpochChanged,
+    Joined,
+    Left,
+    Member,
+    Message,
+    Presence,
+    PresenceJoin,
+    PresenceLeave,
+)
 
 __all__ = [
     "Ack",
@@ -14,7 +26,11 @@ __all__ = [
     "EpochChanged",
     "Joined",
     "Left",
+    "Member",
     "Message",
+    "Presence",
+    "PresenceJoin",
+    "PresenceLeave",
     "Refused",
     "SendFailed",
 ]

@@ -13,6 +13,9 @@
 - **Sends are idempotent:** each gets an id, kept until its ack arrives, and sent
   again with the same id after a reconnect or a retryable error (the node answers a
   repeated id with the first seq and ``duplicate: true``). ``send`` returns the ack.
+- **Presence:** a channel joined with ``presence=True`` keeps who is in it
+  (:meth:`ChatClient.members`): the node's snapshot after each (re)join, then its
+  join and leave frames, which are handed over as events too.
 - **Tokens:** a callable token source is asked again when the node warns that the
   token expires (``refresh`` on the same socket) and when a node refuses it (4001,
   4002); with a fixed token, a refusal ends the client with :class:`AuthFailed`.
@@ -46,6 +49,9 @@ from chatclient.frames import (
     Joined,
     Left,
     Message,
+    Presence,
+    PresenceJoin,
+    PresenceLeave,
     TokenExpiring,
     decoder,
     encoder,
@@ -91,6 +97,10 @@ class _Channel:
     """Messages count only once the ``joined`` of the latest join has arrived: what an
     earlier join of the same channel still delivers is from a subscription that the
     node has replaced (a resume, or a join after a new epoch)."""
+    presence: bool = False
+    members: dict[str, int] | None = None
+    """Who is in the channel (user: sockets), with ``presence``; None until the first
+    snapshot."""
 
 
 @dataclass
@@ -205,11 +215,20 @@ class ChatClient:
         state = self._channels.get(channel)
         return state.cursor if state else None
 
-    async def join(self, channel: str, after: int | None = None) -> None:
+    def members(self, channel: str) -> dict[str, int] | None:
+        """Who is in ``channel`` now (user: their sockets), for a channel joined with
+        ``presence=True`` once its first snapshot has arrived. A joining user learned
+        from a ``presence_join`` counts 1 until the next snapshot."""
+        state = self._channels.get(channel)
+        return dict(state.members) if state and state.members is not None else None
+
+    async def join(self, channel: str, after: int | None = None, presence: bool = False) -> None:
         """Follow ``channel``: messages with seq > ``after`` (default: its last 100),
-        then live ones, as :class:`Message` events, across reconnects."""
+        then live ones, as :class:`Message` events, across reconnects. ``presence``:
+        also who is in it (:meth:`members`, and :class:`Presence`, :class:`PresenceJoin`
+        and :class:`PresenceLeave` events)."""
         self._check_open()
-        state = _Channel(cursor=after)
+        state = _Channel(cursor=after, presence=presence)
         self._channels[channel] = state
         await self._join(channel, state)
 
@@ -338,6 +357,8 @@ class ChatClient:
         frame: dict[str, Any] = {"op": "join", "channel": channel}
         if state.cursor is not None:
             frame["after"] = state.cursor
+        if state.presence:
+            frame["presence"] = True
         state.joins_sent += 1
         await self._write(encoder.encode(frame), ws)
 
@@ -380,6 +401,23 @@ class ChatClient:
                 await ws.send(encoder.encode({"op": "refresh", "token": token}).decode())
         elif isinstance(frame, Authed):
             self.user = frame.user
+        else:
+            self._on_presence(frame)
+
+    def _on_presence(self, frame: Presence | PresenceJoin | PresenceLeave) -> None:
+        state = self._channels.get(frame.channel)
+        if state is None or not state.presence or state.joins_seen < state.joins_sent:
+            return  # from a join since replaced, or a channel left
+        if isinstance(frame, Presence):
+            state.members = {m.user: m.count for m in frame.members}
+        elif state.members is not None:
+            # As set operations: a user may be listed as joining who is shown already.
+            for user in frame.users:
+                if isinstance(frame, PresenceJoin):
+                    state.members.setdefault(user, 1)
+                else:
+                    state.members.pop(user, None)
+        self._events.put_nowait(frame)
 
     async def _joined(self, frame: Joined, ws: websockets.ClientConnection) -> None:
         state = self._channels.get(frame.channel)

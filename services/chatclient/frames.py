@@ -53,7 +53,42 @@ class Error(msgspec.Struct, frozen=True, tag="error", tag_field="op"):
     id: str | None = None
 
 
-ServerFrame = Message | Joined | Left | Authed | TokenExpiring | Ack | Error
+class Member(msgspec.Struct, frozen=True):
+    user: str
+    count: int
+    """The user's sockets in the channel, on every node."""
+
+
+class Presence(msgspec.Struct, frozen=True, tag="presence", tag_field="op"):
+    """Who is in ``channel`` (a join with ``presence=True``, again after each reconnect):
+    the first 1,000 members in user order; ``more`` when there are others."""
+
+    channel: str
+    online: int
+    members: list[Member]
+    more: bool
+
+
+class PresenceJoin(msgspec.Struct, frozen=True, tag="presence_join", tag_field="op"):
+    """Users who came into ``channel``; ``online`` is the count after them."""
+
+    channel: str
+    users: list[str]
+    online: int
+
+
+class PresenceLeave(msgspec.Struct, frozen=True, tag="presence_leave", tag_field="op"):
+    """Users who left ``channel`` (their last socket, or their node went away)."""
+
+    channel: str
+    users: list[str]
+    online: int
+
+
+ServerFrame = (
+    Message | Joined | Left | Authed | TokenExpiring | Ack | Error
+    | Presence | PresenceJoin | PresenceLeave
+)  # fmt: skip
 decoder = msgspec.json.Decoder(ServerFrame)
 encoder = msgspec.json.Encoder()
 
@@ -79,5 +114,8 @@ class EpochChanged(msgspec.Struct, frozen=True):
     epoch: str
 
 
-Event = Message | Joined | Left | Error | Connected | Disconnected | EpochChanged
+Event = (
+    Message | Joined | Left | Error | Connected | Disconnected | EpochChanged
+    | Presence | PresenceJoin | PresenceLeave
+)  # fmt: skip
 """``Error``: a refusal that no send waits on (a join that was refused, a bad frame)."""

@@ -74,6 +74,12 @@ def channel_of(subject: str) -> tuple[str, str] | None:
     return name, kind
 
 
+PRESENCE_SUBJECT = "chatpresence.v1"
+"""Core NATS, never stored: nodes tell each other who is in which channel
+(:mod:`chatlog.bus`). Not under ``chat.``: a publisher may publish on ``chat.*``, and
+the stream stores ``chat.>``."""
+PRESENCE_SUBJECTS = "chatpresence.>"
+
 POLICY_BUCKET = "CHAT_POLICY"
 """Grants (who may read or send where), beside the log, not in it: a KV bucket."""
 POLICY_STREAM = f"KV_{POLICY_BUCKET}"

@@ -17,7 +17,8 @@ Two lines of defence:
   the asker's own account, where it can do nothing.
 - **Permissions** within each account: nothing but ``admin`` may call the
   JetStream API that deletes, purges or changes a stream; nothing but ``node`` may
-  publish a message with a user in it (``chat.<channel>.node``) or a snapshot.
+  publish a message with a user in it (``chat.<channel>.node``), a snapshot, or
+  presence.
   Replies come back on a per-role inbox prefix, so no role can read another's.
 
 ``node`` shares its account with the streams, so its answers can reach the
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from chatlog.names import (
     POLICY_STREAM,
     POLICY_SUBJECTS,
+    PRESENCE_SUBJECTS,
     SNAPSHOT_STREAM,
     SNAPSHOT_SUBJECTS,
     STREAM_NAME,
@@ -122,8 +124,11 @@ def permissions(role: str) -> Permissions | None:
                 f"{_API}.CONSUMER.DELETE.{POLICY_STREAM}.*",
                 f"{_API}.CONSUMER.INFO.{POLICY_STREAM}.*",
                 f"$JS.FC.{POLICY_STREAM}.>",
+                # Presence, on core NATS between the nodes (chatlog.bus): no other role may
+                # publish or read it, so no one else can forge who is online.
+                PRESENCE_SUBJECTS,
             ),
-            subscribe=(f"{inbox_prefix(NODE)}.>",),
+            subscribe=(f"{inbox_prefix(NODE)}.>", PRESENCE_SUBJECTS),
         )
     if role == ARCHIVER:
         return Permissions(

@@ -107,6 +107,13 @@ def status(browser: WebDriver) -> str:
     return browser.find_element(By.ID, "status").text
 
 
+def online(browser: WebDriver) -> list[str]:
+    """The users the page lists as online (read in one step: the list is re-rendered)."""
+    script = "return [...document.querySelectorAll('#online li')].map((li) => li.dataset.user)"
+    users: list[str] = browser.execute_script(script)
+    return users
+
+
 def say(browser: WebDriver, text: str) -> None:
     box = browser.find_element(By.ID, "text")
     box.send_keys(text)
@@ -121,6 +128,8 @@ def test_two_browsers_chat_through_two_nodes_and_survive_a_node_kill(
     two.get(url_for("bea", [cluster.node(2), cluster.node(1)]))
     for browser, node in ((one, cluster.node(1)), (two, cluster.node(2))):
         wait(browser, lambda b, n=node: status(b) == f"connected to {n}", f"connected to {node}")
+    for browser in (one, two):  # each page lists both users, whichever node holds them
+        wait(browser, lambda b: online(b) == ["bea", "dev"], "both users online")
     say(one, "hello from one")
     wait(two, lambda b: "hello from one" in texts(b), "two sees one's message")
     say(two, "hello from two")
@@ -138,6 +147,7 @@ def test_two_browsers_chat_through_two_nodes_and_survive_a_node_kill(
     assert seqs(one) == sorted(seqs(one)) and len(set(seqs(one))) == len(seqs(one))
     say(one, "back")
     wait(two, lambda b: texts(b)[-1:] == ["back"], "and one still sends")
+    assert online(one) == online(two) == ["bea", "dev"]  # dev moved; still listed once
     assert http("GET", cluster.node(2) + "/readyz")[0] == 200
 
 

@@ -57,8 +57,8 @@ def test_channels_lists_counts_and_last_seq(node: Client) -> None:
     last = post(node, channel="b", text="3")["seq"]
     node.get("/messages", params={"min_seq": last})
     assert node.get("/channels").json() == [
-        {"channel": "a", "count": 1, "last_seq": 2},
-        {"channel": "b", "count": 2, "last_seq": 3},
+        {"channel": "a", "count": 1, "last_seq": 2, "online": 0},
+        {"channel": "b", "count": 2, "last_seq": 3, "online": 0},
     ]
 
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from auth import keys
+from chat_cluster.local import Service
 from chatclient import (
     AuthFailed,
     ChatClient,
@@ -17,7 +18,11 @@ from chatclient import (
     Disconnected,
     EpochChanged,
     Joined,
+    Member,
     Message,
+    Presence,
+    PresenceJoin,
+    PresenceLeave,
     Refused,
     SendFailed,
 )
@@ -191,3 +196,37 @@ async def test_what_a_first_user_tripped_on_now_answers(procs: NodeProcs) -> Non
             await asyncio.wait_for(refused.send("room", "never"), 15)
         with pytest.raises(AuthFailed):
             await refused.send("room", "nor this")
+
+
+async def test_presence_is_kept_across_a_failover(procs: NodeProcs) -> None:
+    """A channel joined with presence: the snapshot, others coming and going on another
+    node, and after the client's node dies, a fresh snapshot from the next one (its own
+    user counted there, no ghost of the dead node's socket)."""
+    quick = ("--presence-interval", "0.5", "--presence-ttl", "1.5")
+    a, b = procs.node("a", *quick), procs.node("b", *quick)
+    ada = token("ada", read=("*",), send=("*",))
+    async with ChatClient([a.url, b.url], ada, first=0, backoff=(0.05, 0.5)) as client:
+        events = client.events()
+        await client.join("room", presence=True)
+        snapshot = await next_of(events, Presence)
+        assert isinstance(snapshot, Presence) and snapshot.members == [Member("ada", 1)]
+        assert client.members("room") == {"ada": 1}
+        async with ChatClient([b.url], token("bob", read=("*",))) as bob:
+            await bob.join("room")
+            came = await next_of(events, PresenceJoin)
+            assert isinstance(came, PresenceJoin) and came.users == ["bob"] and came.online == 2
+            assert client.members("room") == {"ada": 1, "bob": 1}
+        went = await next_of(events, PresenceLeave)
+        assert isinstance(went, PresenceLeave) and went.users == ["bob"]
+        assert client.members("room") == {"ada": 1}
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGKILL)
+        assert await next_of(events, Connected, 30) == Connected(b.url)
+        again = await next_of(events, Presence, 30)
+        # b may still hold the dead node's socket until its TTL: the new one makes 1 or 2.
+        assert isinstance(again, Presence) and [m.user for m in again.members] == ["ada"]
+        await until(lambda: presence_of(b) == [{"user": "ada", "count": 1}], 30, "the TTL")
+
+
+def presence_of(node: Service) -> object:
+    return http("GET", node.url + "/presence?channel=room")[1]["members"]

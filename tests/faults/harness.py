@@ -20,6 +20,7 @@ from chat_cluster.natsserver import NatsServer, ServerConfig
 from chat_cluster.processes import free_port
 from chatlog import LogSettings, StreamSpec
 from chatlog.roles import ADMIN, ARCHIVER, NODE, PUBLISHER
+from tests.faults.presence import NODE_ENV as PRESENCE_ENV
 from tests.faults.proxy import Proxies, Proxy
 from tests.support import SERVICE_ENV, STORE, auth, wait_until
 
@@ -139,7 +140,7 @@ class Cluster:
             args,
             port,
             self.workdir / f"{name}.log",
-            env={**self.creds.env(NODE), **SERVICE_ENV},
+            env={**self.creds.env(NODE), **SERVICE_ENV, **PRESENCE_ENV},
         )
         node.start()
         # The load thread lists live nodes while a scenario adds them: swap in a new dict

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from chat_cluster.credentials import Credentials
+from chat_cluster.local import Service
 from chatlog import ChatLog, StreamSpec
 from chatlog.roles import ADMIN
 from tests.faults.checker import Report, check
 from tests.faults.harness import Cluster
 from tests.faults.load import CHANNELS, Load
+from tests.faults.presence import Holders, converged
 from tests.faults.proxy import Proxies
 from tests.support import all_messages, get_json, wait_until
 
@@ -65,6 +67,19 @@ async def run(
     await asyncio.to_thread(cluster.start_archiver)
     for _ in range(nodes):
         await asyncio.to_thread(cluster.add_node)
+    held = list(cluster.nodes.values())
+    holders = Holders()
+    for node in held:
+        holders.hold(node)
+    try:
+        return await _run(name, cluster, fault, held, per_worker)
+    finally:
+        await holders.stop()
+
+
+async def _run(
+    name: str, cluster: Cluster, fault: Fault, held: list[Service], per_worker: int
+) -> Report:
     load = Load(
         lambda: live(cluster), cluster.nats_urls, cluster.raw_creds(), per_worker=per_worker
     )
@@ -98,6 +113,9 @@ async def run(
     assert report.convergence_s is not None and report.convergence_s <= CONVERGE_WITHIN, (
         report.summary()
     )
+    # Presence heals too: every running node shows exactly the users of running nodes.
+    presence_s = await converged(running, held)
+    print(f"{name}: presence agreed on every node {presence_s:.1f}s after the check")
     return report
 
 

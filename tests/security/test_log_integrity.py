@@ -18,7 +18,6 @@ import msgspec
 import nats as nats_client
 import nkeys
 import pytest
-from nats.aio.client import Client
 from nats.errors import NoServersError
 from nats.errors import TimeoutError as NoAnswer
 from nats.js import api
@@ -41,37 +40,13 @@ from tests.support import (
     http,
     node_settings,
     open_log,
+    raw,
     said,
     until,
     wait_until,
 )
 
 NOT_ADMIN = (NODE, ARCHIVER, PUBLISHER)
-
-
-@asynccontextmanager
-async def raw(nats: NatsServer, role: str | None) -> AsyncIterator[tuple[Client, list[str]]]:
-    """A bare nats-py client with ``role``'s key (None: no credentials), and the errors
-    the server reported to it."""
-    assert nats.creds is not None
-    errors: list[str] = []
-
-    async def note(exc: Exception) -> None:
-        errors.append(str(exc).lower())
-
-    extra = {} if role is None else {"nkeys_seed": str(nats.creds.path(role))}
-    nc = await nats_client.connect(
-        nats.config.url,
-        inbox_prefix=inbox_prefix(role or ADMIN),
-        error_cb=note,
-        max_reconnect_attempts=1,
-        connect_timeout=2,
-        **extra,
-    )
-    try:
-        yield nc, errors
-    finally:
-        await nc.close()
 
 
 async def state(admin: ChatLog) -> tuple[object, ...]:

@@ -11,6 +11,9 @@
  *   again from its last 100 messages (`epoch` event);
  * - idempotent sends: each has an id, kept until its ack and sent again with the same
  *   id after a reconnect or a retryable error; `send` resolves with the ack;
+ * - presence: a channel joined with `{ presence: true }` keeps who is in it
+ *   (`members(channel)`): the node's snapshot after each (re)join, then its join and
+ *   leave frames (also handed over as `presence` events);
  * - tokens: sent in the first frame (`auth`; browsers cannot set headers on a
  *   WebSocket), renewed on `token_expiring` with `refresh` when the token is a
  *   function, which is also asked again after a refusal (4001/4002).
@@ -54,8 +57,20 @@ export interface ErrorFrame {
   id?: string;
 }
 
+export interface Member {
+  user: string;
+  /** The user's sockets in the channel, on every node. */
+  count: number;
+}
+
+/** Who is in a channel: a whole snapshot (`members`), or users who came or went. */
+export type PresenceEvent =
+  | { kind: "snapshot"; channel: string; online: number; members: Member[]; more: boolean }
+  | { kind: "join" | "leave"; channel: string; online: number; users: string[] };
+
 export interface Events {
   message: Message;
+  presence: PresenceEvent;
   joined: Joined;
   left: { channel: string; reason?: string };
   connected: { node: string };
@@ -111,6 +126,9 @@ interface ChannelState {
    * join of the same channel still delivers is from a subscription the node replaced. */
   joinsSent: number;
   joinsSeen: number;
+  presence: boolean;
+  /** Who is in the channel (user to sockets), with `presence`; null until a snapshot. */
+  members: Map<string, number> | null;
 }
 
 interface Pending {
@@ -208,12 +226,22 @@ export class ChatClient {
     return this.channels.get(channel)?.cursor ?? null;
   }
 
+  /** Who is in `channel` now (user to sockets), for a channel joined with
+   * `{ presence: true }` once its first snapshot arrived; a user learned from a join
+   * frame counts 1 until the next snapshot. */
+  members(channel: string): Map<string, number> | null {
+    const members = this.channels.get(channel)?.members;
+    return members ? new Map(members) : null;
+  }
+
   /** Follow `channel`: messages with seq > `after` (default: its last 100), then live
-   * ones, as `message` events, across reconnects. */
-  join(channel: string, after: number | null = null): void {
+   * ones, as `message` events, across reconnects. `presence`: also who is in it
+   * (`members`, and `presence` events). */
+  join(channel: string, after: number | null = null, options: { presence?: boolean } = {}): void {
     if (this.closed && !this.refused) throw new ClientClosed("the client is closed");
     this.start();
-    const state: ChannelState = { cursor: after, joinsSent: 0, joinsSeen: 0 };
+    const presence = options.presence === true;
+    const state: ChannelState = { cursor: after, joinsSent: 0, joinsSeen: 0, presence, members: null };
     this.channels.set(channel, state);
     this.sendJoin(channel, state);
   }
@@ -341,6 +369,7 @@ export class ChatClient {
   private sendJoin(channel: string, state: ChannelState): void {
     const frame: Record<string, unknown> = { op: "join", channel };
     if (state.cursor !== null) frame.after = state.cursor;
+    if (state.presence) frame.presence = true;
     state.joinsSent += 1;
     this.write(JSON.stringify(frame));
   }
@@ -400,7 +429,36 @@ export class ChatClient {
         this.emit("authed", authed);
         return;
       }
+      case "presence":
+      case "presence_join":
+      case "presence_leave":
+        this.onPresence(frame);
+        return;
     }
+  }
+
+  private onPresence(frame: { op: string } & Record<string, unknown>): void {
+    const channel = String(frame.channel);
+    const state = this.channels.get(channel);
+    // From a join since replaced, or a channel left: not ours.
+    if (state === undefined || !state.presence || state.joinsSeen < state.joinsSent) return;
+    const online = Number(frame.online);
+    if (frame.op === "presence") {
+      const members = frame.members as Member[];
+      state.members = new Map(members.map((m) => [m.user, m.count]));
+      this.emit("presence", { kind: "snapshot", channel, online, members, more: frame.more === true });
+      return;
+    }
+    const users = frame.users as string[];
+    const kind = frame.op === "presence_join" ? "join" : "leave";
+    if (state.members !== null) {
+      // As set operations: a user may be listed as joining who is shown already.
+      for (const user of users) {
+        if (kind === "leave") state.members.delete(user);
+        else if (!state.members.has(user)) state.members.set(user, 1);
+      }
+    }
+    this.emit("presence", { kind, channel, online, users });
   }
 
   private onJoined(joined: Joined): void {

@@ -120,6 +120,30 @@ test("a send resolves with its ack and the message arrives once", async () => {
   }
 });
 
+test("presence: a snapshot, then who comes and goes on another node", async () => {
+  const ada = new ChatClient(nodes, token("pres-ada"), { first: 0 }).start();
+  const bob = new ChatClient(nodes, token("pres-bob"), { first: 1 });
+  try {
+    const snapshot = collect(ada, "presence", 1);
+    ada.join("js-presence", null, { presence: true });
+    const [first] = await snapshot;
+    assert.equal(first.kind, "snapshot");
+    assert.deepEqual(first.members, [{ user: "pres-ada", count: 1 }]);
+    assert.deepEqual([...ada.members("js-presence")], [["pres-ada", 1]]);
+    const came = collect(ada, "presence", 1);
+    bob.start().join("js-presence");
+    assert.deepEqual(await came, [{ kind: "join", channel: "js-presence", online: 2, users: ["pres-bob"] }]);
+    assert.deepEqual([...ada.members("js-presence")].sort(), [["pres-ada", 1], ["pres-bob", 1]]);
+    const went = collect(ada, "presence", 1);
+    bob.close();
+    assert.deepEqual(await went, [{ kind: "leave", channel: "js-presence", online: 1, users: ["pres-bob"] }]);
+    assert.deepEqual([...ada.members("js-presence")], [["pres-ada", 1]]);
+  } finally {
+    ada.close();
+    bob.close();
+  }
+});
+
 test("history pages backwards to the first message", async () => {
   const client = new ChatClient(nodes, token("bob"), { first: 1 }).start();
   try {

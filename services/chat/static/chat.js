@@ -1,5 +1,6 @@
 // The chat page: sign in with a token, list and join channels, history with scroll-back,
-// sends shown as pending until acknowledged, the connection's state always visible.
+// sends shown as pending until acknowledged, who is in the channel, the connection's
+// state always visible.
 // The client (client.js) is the TypeScript client of clients/js, built; it resumes on
 // another node without gap or duplicate. The fragment (#token=...&nodes=...) is read
 // here and never sent to a server.
@@ -48,6 +49,7 @@ function signIn(value) {
     signedOut(`Your token expires in ${Math.round(expires_in)} s: paste a new one to stay.`));
   client.on("epoch", () => { for (const list of shown.values()) list.clear(); render(); });
   client.on("message", (m) => add(m));
+  client.on("presence", (p) => { if (p.channel === channel) renderOnline(); });
   client.on("error", (e) => status(`${e.code}: ${e.detail}`, true));
   client.on("left", ({ channel: left }) => status(`you may no longer read ${left}`, true));
   client.start();
@@ -90,7 +92,7 @@ function open(name) {
   }
   if (!shown.has(name)) {
     shown.set(name, new Map());
-    client.join(name);
+    client.join(name, null, { presence: true });
     if (!document.querySelector(`#channels [data-channel="${CSS.escape(name)}"]`)) {
       $("channels").append(channelItem(name));
     }
@@ -103,6 +105,7 @@ function open(name) {
   for (const el of [$("text"), $("send-form").querySelector("button"), $("older")]) el.disabled = false;
   $("older").textContent = "Load older messages";
   render();
+  renderOnline();
   $("text").focus();
 }
 
@@ -144,6 +147,18 @@ function render() {
   const waiting = [...pending.values()].filter((li) => li.dataset.channel === channel);
   ol.replaceChildren(...items, ...waiting);
   if (atBottom) ol.scrollTop = ol.scrollHeight;
+}
+
+function renderOnline() {
+  const members = channel === null ? null : client.members(channel);
+  const users = members === null ? [] : [...members.entries()].sort((a, b) => a[0].localeCompare(b[0]));
+  $("online-title").textContent = members === null ? "Online" : `Online (${users.length})`;
+  $("online").replaceChildren(...users.map(([user, count]) => {
+    const li = document.createElement("li");
+    li.dataset.user = user;
+    li.textContent = count > 1 ? `${user} (${count} tabs or devices)` : user; // text, never HTML
+    return li;
+  }));
 }
 
 async function older() {

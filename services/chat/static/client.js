@@ -11,6 +11,9 @@
  *   again from its last 100 messages (`epoch` event);
  * - idempotent sends: each has an id, kept until its ack and sent again with the same
  *   id after a reconnect or a retryable error; `send` resolves with the ack;
+ * - presence: a channel joined with `{ presence: true }` keeps who is in it
+ *   (`members(channel)`): the node's snapshot after each (re)join, then its join and
+ *   leave frames (also handed over as `presence` events);
  * - tokens: sent in the first frame (`auth`; browsers cannot set headers on a
  *   WebSocket), renewed on `token_expiring` with `refresh` when the token is a
  *   function, which is also asked again after a refusal (4001/4002).
@@ -123,13 +126,22 @@ export class ChatClient {
     cursor(channel) {
         return this.channels.get(channel)?.cursor ?? null;
     }
+    /** Who is in `channel` now (user to sockets), for a channel joined with
+     * `{ presence: true }` once its first snapshot arrived; a user learned from a join
+     * frame counts 1 until the next snapshot. */
+    members(channel) {
+        const members = this.channels.get(channel)?.members;
+        return members ? new Map(members) : null;
+    }
     /** Follow `channel`: messages with seq > `after` (default: its last 100), then live
-     * ones, as `message` events, across reconnects. */
-    join(channel, after = null) {
+     * ones, as `message` events, across reconnects. `presence`: also who is in it
+     * (`members`, and `presence` events). */
+    join(channel, after = null, options = {}) {
         if (this.closed && !this.refused)
             throw new ClientClosed("the client is closed");
         this.start();
-        const state = { cursor: after, joinsSent: 0, joinsSeen: 0 };
+        const presence = options.presence === true;
+        const state = { cursor: after, joinsSent: 0, joinsSeen: 0, presence, members: null };
         this.channels.set(channel, state);
         this.sendJoin(channel, state);
     }
@@ -262,6 +274,8 @@ export class ChatClient {
         const frame = { op: "join", channel };
         if (state.cursor !== null)
             frame.after = state.cursor;
+        if (state.presence)
+            frame.presence = true;
         state.joinsSent += 1;
         this.write(JSON.stringify(frame));
     }
@@ -323,7 +337,38 @@ export class ChatClient {
                 this.emit("authed", authed);
                 return;
             }
+            case "presence":
+            case "presence_join":
+            case "presence_leave":
+                this.onPresence(frame);
+                return;
         }
+    }
+    onPresence(frame) {
+        const channel = String(frame.channel);
+        const state = this.channels.get(channel);
+        // From a join since replaced, or a channel left: not ours.
+        if (state === undefined || !state.presence || state.joinsSeen < state.joinsSent)
+            return;
+        const online = Number(frame.online);
+        if (frame.op === "presence") {
+            const members = frame.members;
+            state.members = new Map(members.map((m) => [m.user, m.count]));
+            this.emit("presence", { kind: "snapshot", channel, online, members, more: frame.more === true });
+            return;
+        }
+        const users = frame.users;
+        const kind = frame.op === "presence_join" ? "join" : "leave";
+        if (state.members !== null) {
+            // As set operations: a user may be listed as joining who is shown already.
+            for (const user of users) {
+                if (kind === "leave")
+                    state.members.delete(user);
+                else if (!state.members.has(user))
+                    state.members.set(user, 1);
+            }
+        }
+        this.emit("presence", { kind, channel, online, users });
     }
     onJoined(joined) {
         const state = this.channels.get(joined.channel);
