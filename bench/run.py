@@ -68,11 +68,13 @@ async def main(quick: bool, only: str | None) -> None:
     await section(
         "presence cost", presence.presence_cost(work, 10_000 // scale, 100, 30), number="11"
     )
+    meta = machine()
     if only is not None:
         # One figure again: the others stay as the last full run measured them.
-        kept = json.loads((RESULTS / "latest.json").read_text())["figures"]
-        results = [Figure(**f) for f in kept if f["number"] != only] + results
-    print(write_results(results, machine()))
+        kept = json.loads((RESULTS / "latest.json").read_text())
+        results = [Figure(**f) for f in kept["figures"] if f["number"] != only] + results
+        meta["date"] = f"{kept['machine']['date']} (figure {only}: {meta['date']})"
+    print(write_results(results, meta))
 
 
 if __name__ == "__main__":
