@@ -177,7 +177,7 @@ async def list_channels(
 async def list_presence(
     request: Request[object, object, State],
     state: State,
-    channel: FromQuery[str] = DEFAULT_CHANNEL,
+    channel: FromQuery[str],
     after: Annotated[str, QueryParameter(max_length=64)] = "",
     limit: Annotated[int, QueryParameter(ge=1, le=PRESENCE_MAX)] = PRESENCE_MAX,
 ) -> PresencePage:

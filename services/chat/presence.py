@@ -30,6 +30,7 @@ few frames, not 10,000.
 """
 
 import asyncio
+import bisect
 import logging
 import math
 import secrets
@@ -147,6 +148,9 @@ class Presence:
         self._peers: dict[str, Peer] = {}
         self.members: dict[str, dict[str, int]] = {}
         """channel -> user -> sockets on every node: what is served."""
+        self._names: dict[str, list[str]] = {}
+        """channel -> its users, sorted: a page is a bisect and a slice, whatever the
+        channel's size (sorting 50,000 names for each request let one user stall a node)."""
         self._touched: dict[str, set[str]] = {}
         """Users whose presence changed this tick, by channel, for the watchers."""
         self._watchers: dict[str, set[Watcher]] = {}
@@ -192,10 +196,13 @@ class Presence:
         return len(self.members.get(channel, ()))
 
     def listing(self, channel: str, after: str, limit: int) -> tuple[list[Member], bool]:
-        """Members after ``after`` in user order, at most ``limit``; and whether more."""
+        """Members after ``after`` in code-point order, at most ``limit``; and whether
+        there are more. Costs the page, not the channel."""
         users = self.members.get(channel, {})
-        names = sorted(user for user in users if user > after)
-        return [Member(user, users[user]) for user in names[:limit]], len(names) > limit
+        names = self._names.get(channel, [])
+        start = bisect.bisect_right(names, after)
+        page = names[start : start + limit]
+        return [Member(user, users[user]) for user in page], start + limit < len(names)
 
     @property
     def entries(self) -> int:
@@ -217,14 +224,19 @@ class Presence:
         users = self.members.get(channel)
         if users is None:
             users = self.members[channel] = {}
+            self._names[channel] = []
         before = users.get(user, 0)
         after = before + delta
         if after > 0:
             users[user] = after
+            if before <= 0:
+                bisect.insort(self._names[channel], user)
         else:
             del users[user]
+            names = self._names[channel]
+            del names[bisect.bisect_left(names, user)]
             if not users:
-                del self.members[channel]
+                del self.members[channel], self._names[channel]
         if (before > 0) != (after > 0) and channel in self._watchers:
             self._touched.setdefault(channel, set()).add(user)
 
@@ -346,10 +358,19 @@ class Presence:
         )
         loop = asyncio.get_running_loop()
         self._beat_at = loop.time()  # at once: what a former life of this node said goes
+        last = loop.time()
         try:
             while True:
                 await asyncio.sleep(self._tick)
                 now = loop.time()
+                late = now - last - self._tick
+                last = now
+                if late > self._tick:
+                    # We did not run (paused, or a stalled loop): what the peers sent meanwhile
+                    # is still unread, so their silence is not theirs. Counted in our own
+                    # running time, none expires on our account (all would, and come back).
+                    for peer in self._peers.values():
+                        peer.seen += late
                 self._expire(now)
                 if bus.connected:
                     if now >= self._beat_at:

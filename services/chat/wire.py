@@ -1,5 +1,7 @@
 """Every JSON shape a chat node reads or writes, REST and WebSocket. Built once, reused."""
 
+from typing import Annotated
+
 import msgspec
 
 from auth import Grant
@@ -88,7 +90,7 @@ class PresenceQuery(
     """Who is in ``channel`` now (the channel need not be joined; it must be readable)."""
 
     channel: str
-    after: str = ""
+    after: Annotated[str, msgspec.Meta(max_length=64)] = ""
     """Members listed after this user name (the next page of a channel with many)."""
 
 

@@ -213,7 +213,11 @@ async def test_presence_is_read_as_history_is_and_bad_queries_get_clear_errors(
             assert bad["code"] == "invalid_frame" and "channel" in bad["detail"], bad
             await ws.send(json.dumps({"op": "presence", "channel": "no spaces"}))
             assert (await recv(ws))["code"] == "invalid_channel"
+            await ws.send(json.dumps({"op": "presence", "channel": "room", "after": "x" * 65}))
+            assert (await recv(ws))["code"] == "invalid_frame"
         for query, code in (
+            ("", "invalid_query"),  # no default channel: a typo must not answer another's
+            ("Channel=room", "invalid_query"),
             ("channel=no%20spaces", "invalid_channel"),
             ("channel=room&limit=0", "invalid_query"),
             ("channel=room&limit=5000", "invalid_query"),
@@ -365,3 +369,64 @@ async def test_changes_made_just_before_a_beat_reach_a_node_that_skips_beats(
     finally:
         await one.stop()
         await two.stop()
+
+
+async def test_a_node_that_was_paused_past_the_ttl_does_not_drop_everyone_else(
+    procs: NodeProcs,
+) -> None:
+    """Its peers' messages wait unread while it is stopped: their silence is not theirs.
+    Found in review: after a 17 s SIGSTOP a watcher saw every other user leave and come
+    back at once."""
+    a, b = procs.node("a", *FAST), procs.node("b", *FAST)
+    async with joined(b, "watcher", presence=True) as watcher, joined(a, "ada"):
+        await shows(b, {"ada": 1, "watcher": 1})
+        assert (await recv_op(watcher, "presence_join"))["users"] == ["ada"]
+        assert b.proc is not None
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            # Longer than the TTL (1.5 s), counted on a's side as it keeps beating.
+            await until(lambda: metric(a.url, "chat_presence_messages_total", direction="out")
+                        >= 8, what="a few of a's beats while b is stopped")  # fmt: skip
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        async with joined(a, "bob"):
+            frame = await recv_op_any(watcher, ("presence_join", "presence_leave"))
+            assert frame["op"] == "presence_join" and frame["users"] == ["bob"], frame
+        assert metric(b.url, "chat_presence_repairs_total", reason="expired") == 0
+
+
+async def recv_op_any(ws: Any, ops: tuple[str, ...], timeout: float = 10) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame["op"] in ops:
+                return frame
+
+
+def test_pages_are_right_however_members_come_and_go(nats: NatsServer) -> None:
+    """The sorted index behind the pages stays equal to the members (a bisect and a
+    slice per page, never a sort of the channel)."""
+    import random
+
+    presence = Presence(node_settings(nats), Bus(log_settings(nats), "x", NODE))
+    rng = random.Random(5)
+    held: dict[str, int] = {}
+    for _ in range(5000):
+        user = f"u{rng.randrange(300)}"
+        if held.get(user) and rng.random() < 0.5:
+            presence.remove("room", user)
+            held[user] -= 1
+        else:
+            presence.add("room", user)
+            held[user] = held.get(user, 0) + 1
+    want = sorted(u for u, n in held.items() if n > 0)
+    got: list[str] = []
+    after = ""
+    while True:
+        page, more = presence.listing("room", after, 7)
+        got += [m.user for m in page]
+        assert all(m.count == held[m.user] for m in page)
+        if not more:
+            break
+        after = page[-1].user
+    assert got == want and presence.online("room") == len(want)
