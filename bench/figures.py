@@ -18,6 +18,7 @@ from bench.common import (
     NodeProc,
     Sink,
     cpu_seconds,
+    process_cpu,
     start_nats,
     user_token,
 )
@@ -389,9 +390,9 @@ async def _drive(
     channels: int,
     rate: float,  # type: ignore[type-arg]
     seconds: float,
-) -> tuple[list[float], int, int, float]:
+) -> tuple[list[float], int, int, float, float]:
     """Send at ``rate`` for ``seconds``; every client counts, every 4th also times. Returns
-    (latencies, delivered, expected, load generator CPU in cores)."""
+    (latencies, delivered, expected, load generator CPU in cores, nodes' CPU in cores)."""
     latencies: list[float] = []
     delivered = 0
     marker = '"text":"'
@@ -414,6 +415,7 @@ async def _drive(
     )
     acks = asyncio.create_task(_drain(sender))
     cpu0, t0 = cpu_seconds(), time.perf_counter()
+    nodes0 = sum(process_cpu(p.proc.pid) for p in procs)
     total = int(rate * seconds)
     for k in range(total):
         delay = t0 + k / rate - time.perf_counter()
@@ -425,13 +427,15 @@ async def _drive(
             )
         )
     await asyncio.sleep(1.0)
-    cpu = (cpu_seconds() - cpu0) / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    cpu = (cpu_seconds() - cpu0) / elapsed
+    nodes_cpu = (sum(process_cpu(p.proc.pid) for p in procs) - nodes0) / elapsed
     for task in [*readers, acks]:
         task.cancel()
     await asyncio.gather(*readers, acks, return_exceptions=True)
     await sender.close()
     expected = total * len(sockets) // channels
-    return sorted(latencies), delivered, expected, cpu
+    return sorted(latencies), delivered, expected, cpu, nodes_cpu
 
 
 async def _drain(ws: websockets.ClientConnection) -> None:
@@ -460,7 +464,9 @@ async def fan_out(
         for p in procs:
             await asyncio.to_thread(p.wait_ready)
         sockets = await _connect_clients(procs, clients, channels)
-        latencies, delivered, expected, cpu = await _drive(procs, sockets, channels, rate, seconds)
+        latencies, delivered, expected, cpu, nodes_cpu = await _drive(
+            procs, sockets, channels, rate, seconds
+        )
     finally:
         for ws in sockets:
             await ws.close()
@@ -471,7 +477,8 @@ async def fan_out(
     note = (
         f"{clients} clients, {channels} channel(s), {rate:g} msg/s, {nodes} node(s); "
         f"p50 {_p(latencies, 0.5):.1f} ms, max {latencies[-1] * 1000:.1f} ms; "
-        f"{delivered:,}/{expected:,} delivered; load generator {cpu:.2f} cores"
+        f"{delivered:,}/{expected:,} delivered; nodes {nodes_cpu:.2f} cores, load generator "
+        f"{cpu:.2f} cores"
     )
     return [
         Figure(
@@ -487,7 +494,7 @@ async def fan_out(
 
 
 async def delivery_capacity(
-    work: Path, clients: int, channels: int, rates: list[float]
+    work: Path, clients: int, channels: int, rates: list[float], number: str = "3c"
 ) -> list[Figure]:
     """One node; raise the send rate step by step until p99 passes 50 ms."""
     server = await start_nats(work)
@@ -498,10 +505,15 @@ async def delivery_capacity(
         await asyncio.to_thread(node.wait_ready)
         sockets = await _connect_clients([node], clients, channels)
         for rate in rates:
-            latencies, delivered, expected, cpu = await _drive([node], sockets, channels, rate, 3)
+            latencies, delivered, expected, cpu, node_cpu = await _drive(
+                [node], sockets, channels, rate, 3
+            )
             p99 = _p(latencies, 0.99)
             per_s = delivered / 3
-            steps.append(f"{rate * clients / channels:,.0f}/s: p99 {p99:.0f} ms, gen {cpu:.2f}")
+            steps.append(
+                f"{rate * clients / channels:,.0f}/s: p99 {p99:.0f} ms, node {node_cpu:.2f} "
+                f"cores, gen {cpu:.2f}"
+            )
             if p99 > 50 or delivered < expected:
                 break
             best = per_s
@@ -512,8 +524,9 @@ async def delivery_capacity(
         server.stop()
     return [
         Figure(
-            "3c",
-            "delivery capacity, one node (p99 <= 50 ms)",
+            number,
+            f"delivery capacity, one node, {clients:,} clients over {channels} channels "
+            "(p99 <= 50 ms)",
             best,
             "deliveries/s",
             target=">= 50,000/s",

@@ -38,33 +38,56 @@ async def main(quick: bool, only: str | None) -> None:
         results.extend(got)
 
     await section(
-        "catch-up and memory per message", figures.catch_up_and_memory(work, 1_000_000 // scale)
+        "catch-up and memory per message",
+        figures.catch_up_and_memory(work, 1_000_000 // scale),
+        number="1",  # and 4
     )
     await section(
-        "write throughput and durability cost", figures.write_throughput(work, 20_000 // scale)
+        "write throughput and durability cost",
+        figures.write_throughput(work, 20_000 // scale),
+        number="2",  # and 6
     )
     await section(
         "fan-out, 1,000 clients over 100 channels, 3 nodes",
         figures.fan_out(work, 1000 // scale, 100 // scale, 1000 / scale, 5, 3, "3", 20),
+        number="3",
     )
     await section(
         "hot channel, 1,000 clients on one channel, 3 nodes",
         figures.fan_out(work, 1000 // scale, 1, 10, 5, 3, "3b", 50),
+        number="3b",
     )
     await section(
         "delivery capacity, one node",
         figures.delivery_capacity(
             work, 500 // scale, 50 // scale or 1, [200, 500, 1000, 2000, 4000, 8000]
         ),
+        number="3c",
     )
-    await section("idle WebSocket memory", figures.idle_connections(work, 10_000 // scale))
-    await section("telemetry cost", figures.telemetry_cost(work, 20_000 // scale))
+    await section(
+        "delivery capacity, one node, 100 subscribers a channel",
+        figures.delivery_capacity(
+            work, 1000 // scale, 10, [100, 200, 500, 1000, 2000], number="3d"
+        ),
+        number="3d",
+    )
+    await section(
+        "idle WebSocket memory", figures.idle_connections(work, 10_000 // scale), number="5"
+    )
+    await section("telemetry cost", figures.telemetry_cost(work, 20_000 // scale), number="7")
     await section(
         "credentials and digest cost",
         figures.integrity_cost(work, 200_000 // scale, 10_000 // scale),
+        number="8",
     )
-    await section("user tokens cost", figures.auth_cost(work, 10_000 // scale, 2_000 // scale))
-    await section("client limits cost", figures.limits_cost(work, 10_000 // scale, 2_000 // scale))
+    await section(
+        "user tokens cost", figures.auth_cost(work, 10_000 // scale, 2_000 // scale), number="9"
+    )
+    await section(
+        "client limits cost",
+        figures.limits_cost(work, 10_000 // scale, 2_000 // scale),
+        number="10",
+    )
     await section(
         "presence cost", presence.presence_cost(work, 10_000 // scale, 100, 30), number="11"
     )
@@ -72,7 +95,8 @@ async def main(quick: bool, only: str | None) -> None:
     if only is not None:
         # One figure again: the others stay as the last full run measured them.
         kept = json.loads((RESULTS / "latest.json").read_text())
-        results = [Figure(**f) for f in kept["figures"] if f["number"] != only] + results
+        produced = {f.number for f in results} | {only}
+        results = [Figure(**f) for f in kept["figures"] if f["number"] not in produced] + results
         meta["date"] = f"{kept['machine']['date']} (figure {only}: {meta['date']})"
     print(write_results(results, meta))
 

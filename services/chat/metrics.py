@@ -61,6 +61,10 @@ class NodeMetrics:
         counter("chat.ws.joins", [self._joins], "{join}", "Channel joins")
         counter("chat.ws.delivered", [self._delivered], "{message}",
                 "Message frames written to WebSockets (live and catch-up)")  # fmt: skip
+        counter("chat.ws.writes", [self._writes], "{write}",
+                "Writes to WebSockets by path: direct (a message's frame, built once, written "
+                "by the push itself), batched (what waited in a socket's queue, in one "
+                "call), awaited (the ASGI send, for a paused or closing socket)")  # fmt: skip
         counter("chat.ws.closed", [self._closed], "{connection}",
                 "WebSockets closed by the node, by reason (overflow = 1013, abuse = 1008, "
                 "going_away = 1001, log_replaced = 1012, unauthorized = 4001, "
@@ -92,6 +96,10 @@ class NodeMetrics:
         counter("chat.presence.repairs", [self._presence_repairs], "{event}",
                 "Presence mended by a heartbeat or a TTL, by reason: gap (a message from "
                 "a node was lost), expired (a node went silent for PRESENCE_TTL)")  # fmt: skip
+
+    def _writes(self, _: CallbackOptions) -> Iterable[Observation]:
+        for path, count in self._hub.stats.writes.items():
+            yield Observation(count, {"path": path})
 
     def _presence_entries(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self._node.presence.entries)

@@ -39,7 +39,7 @@ from typing import Annotated, Protocol
 import msgspec
 
 from chat.settings import NodeSettings
-from chat.wire import Member, PresenceJoin, PresenceLeave, encode_text
+from chat.wire import Frame, Member, PresenceJoin, PresenceLeave, encode_text
 from chatlog import LogError
 from chatlog.bus import Bus
 from chatlog.records import UserName
@@ -96,7 +96,7 @@ _encoder = msgspec.json.Encoder()
 class Watcher(Protocol):
     """A socket that asked for a channel's live presence frames."""
 
-    def presence(self, frame: str) -> None: ...
+    def presence(self, frame: Frame) -> None: ...
 
 
 class Peer:
@@ -255,9 +255,9 @@ class Presence:
             went = sorted(user for user in users if user not in here)
             frames = []
             if came:
-                frames.append(encode_text(PresenceJoin(channel, came, online)))
+                frames.append(Frame(encode_text(PresenceJoin(channel, came, online))))
             if went:
-                frames.append(encode_text(PresenceLeave(channel, went, online)))
+                frames.append(Frame(encode_text(PresenceLeave(channel, went, online))))
             for watcher in list(watchers):
                 for frame in frames:
                     watcher.presence(frame)

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
-from chat.wire import message_frame
+from chat.wire import Frame, message_frame
 from chatlog import LogEntry, Record, take
 from chatlog import digest as digest_rules
 from chatlog.digest import Digest
@@ -23,7 +23,7 @@ log = logging.getLogger("chat.replica")
 
 
 class Listener(Protocol):
-    def push(self, channel: str, seq: int, frame: str) -> None:
+    def push(self, channel: str, seq: int, frame: Frame) -> None:
         """Called once per applied message of a joined channel, in seq order."""
 
     def reset(self) -> None:
@@ -211,7 +211,7 @@ class Replica:
         self.newest = (taken.seq, taken.channel)
         listeners = self._listeners.get(taken.channel)
         if listeners:
-            frame = message_frame(channel.record_json(-1))
+            frame = Frame(message_frame(channel.record_json(-1)))  # once for every socket
             for listener in tuple(listeners):
                 listener.push(taken.channel, taken.seq, frame)
 

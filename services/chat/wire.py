@@ -7,6 +7,7 @@ import msgspec
 from auth import Grant
 from chatlog.names import DEFAULT_CHANNEL
 from chatlog.records import MessageId, Text, Timestamp, UserName
+from servicekit.frames import text_frame
 
 
 class SendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -195,6 +196,23 @@ frame_decoder = msgspec.json.Decoder(ClientFrame)
 grant_decoder = msgspec.json.Decoder(Grant)
 send_decoder = msgspec.json.Decoder(SendRequest)
 encoder = msgspec.json.Encoder()
+
+
+class Frame:
+    """A frame for sockets, built once however many get it: its text (for the ASGI send)
+    and its wire bytes (servicekit.frames), made on first use and then shared."""
+
+    __slots__ = ("_wire", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._wire: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = text_frame(self.text.encode())
+        return self._wire
 
 
 def message_frame(record_json: str) -> str:

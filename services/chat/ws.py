@@ -4,8 +4,15 @@ Each connection has one sender task and one bounded queue. A join queues a
 "joined" frame and a catch-up marker; the sender reads history from the
 replica page by page and, in the same step in which a read comes back empty,
 switches the subscription to live. From then on the replica pushes each new
-message into the queue. The cursor (last seq queued) guards both paths, so a
-resumed client (``after``) sees no gap and no duplicate, on any node.
+message. The cursor (last seq queued or written) guards both paths, so a resumed
+client (``after``) sees no gap and no duplicate, on any node.
+
+Writing: a message's frame is built once (:class:`chat.wire.Frame`) and, when the
+socket's queue is empty, its sender idle and its transport taking data, written at
+once by the push itself (servicekit.frames): no queue, no task wake-up, no framing
+per socket. Otherwise it is queued, and the sender writes what waits in one call
+(or through the ASGI send, which waits while the transport is paused). Either way
+frames leave in queue order: the push writes only when nothing is queued before it.
 """
 
 import asyncio
@@ -31,6 +38,7 @@ from chat.wire import (
     Auth,
     Authed,
     ErrorFrame,
+    Frame,
     Join,
     Joined,
     Leave,
@@ -47,12 +55,15 @@ from chat.wire import (
 from chat.writes import Writer
 from chatlog import ChatLog, LogError, check_channel
 from servicekit.errors import ServiceError, problem_of
+from servicekit.frames import FrameWriter, frame_writer, text_frame
 from servicekit.shapes import PRESENCE_MAX
 
 log = logging.getLogger("chat.ws")
 
 HISTORY_DEFAULT = 100
 PAGE = 256
+BATCH_BYTES = 256 * 1024
+"""At most this much of a socket's queue is written in one call."""
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
@@ -94,11 +105,14 @@ class WsStats:
     """Plain counters, read by the metrics callbacks at scrape time: nothing on the
     delivery path but an integer add."""
 
-    __slots__ = ("closed", "delivered", "joins", "refused")
+    __slots__ = ("closed", "delivered", "joins", "refused", "writes")
 
     def __init__(self, refused: Counter[str]) -> None:
         self.joins = 0
         self.delivered = 0
+        self.writes: Counter[str] = Counter()
+        """Writes by path: ``direct`` (by the push, at once), ``batched`` (the sender, what
+        waited, in one call), ``awaited`` (the ASGI send: paused, closing, or no writer)."""
         self.closed: Counter[str] = Counter()
         self.refused = refused
         """The node's refusals by limit (shared with the writer and the connection guard)."""
@@ -143,7 +157,8 @@ class Session:
         self._writer = writer
         self._settings = settings
         self._subs: dict[str, Subscription] = {}
-        self._out: deque[tuple[Subscription | None, str | None]] = deque()
+        self._out: deque[tuple[Subscription | None, Frame | None]] = deque()
+        self._frames: FrameWriter | None = frame_writer(socket.scope)
         self._wake = asyncio.Event()
         self._close: tuple[int, str] | None = None
         self._bad_in_a_row = 0
@@ -218,11 +233,29 @@ class Session:
         self.close(CLOSE_GOING_AWAY, "node shutting down")
 
     # Listener protocol, called by the replica on the event loop.
-    def push(self, channel: str, seq: int, frame: str) -> None:
+    def push(self, channel: str, seq: int, frame: Frame) -> None:
         sub = self._subs.get(channel)
         if sub is None or not sub.live or seq <= sub.cursor:
             return
         sub.cursor = seq
+        self._deliver(sub, frame)
+
+    def _deliver(self, sub: Subscription | None, frame: Frame) -> None:
+        writer = self._frames
+        if (
+            not self._out
+            and self.idle
+            and self._close is None
+            and writer is not None
+            and writer.can_write_frames()
+        ):
+            # Nothing is queued before it and the sender is not mid-write: in order.
+            writer.write_frames(frame.wire)
+            self.sent += 1
+            self._stats.writes["direct"] += 1
+            if sub is not None:
+                self._stats.delivered += 1
+            return
         if len(self._out) >= self._settings.ws_queue:
             self.close(CLOSE_TRY_AGAIN, "client too slow; reconnect and join with after", False)
             return
@@ -295,22 +328,20 @@ class Session:
             self._queue(Left(channel=channel, reason="forbidden"))
 
     def _queue(self, frame: object) -> None:
-        self.presence(encode_text(frame))
+        self._deliver(None, Frame(encode_text(frame)))
 
-    def presence(self, frame: str) -> None:
-        """A frame encoded already: an answer, or a presence frame built once for every
-        watcher of a channel. Both count against WS_QUEUE as messages do: a client that
-        sends frames (a flood of leaves) and reads none of the answers must not grow the
-        queue."""
-        if len(self._out) >= self._settings.ws_queue:
-            self.close(CLOSE_TRY_AGAIN, "client too slow; reconnect and join with after", False)
-            return
-        self._out.append((None, frame))
-        self._wake.set()
+    def presence(self, frame: Frame) -> None:
+        """A presence frame built once for every watcher of a channel. Answers and these
+        count against WS_QUEUE as messages do: a client that sends frames (a flood of
+        leaves) and reads none of the answers must not grow the queue."""
+        self._deliver(None, frame)
 
     async def _send_loop(self) -> None:
         while True:
             if self._out:
+                writer = self._frames
+                if writer is not None and writer.can_write_frames() and self._write_batch(writer):
+                    continue
                 sub, frame = self._out.popleft()
                 if sub is not None and self._subs.get(sub.channel) is not sub:
                     continue  # left or re-joined since this was queued
@@ -318,8 +349,9 @@ class Session:
                     assert sub is not None
                     await self._catch_up(sub)
                 else:
-                    await self._ws.send_text(frame)
+                    await self._ws.send_text(frame.text)  # waits while the transport is paused
                     self.sent += 1
+                    self._stats.writes["awaited"] += 1
                     if sub is not None:
                         self._stats.delivered += 1
                 continue
@@ -329,6 +361,53 @@ class Session:
             self.idle = True
             await self._wake.wait()
             self.idle = False
+
+    def _write_batch(self, writer: FrameWriter) -> bool:
+        """What waits at the head of the queue, up to a catch-up marker, in one write.
+        False if the head is a marker (the caller catches up)."""
+        out, subs = self._out, self._subs
+        chunks: list[bytes] = []
+        size = messages = taken = 0
+        while out and size < BATCH_BYTES:
+            sub, frame = out[0]
+            if frame is None:
+                break
+            out.popleft()
+            taken += 1
+            if sub is not None:
+                if subs.get(sub.channel) is not sub:
+                    continue  # left or re-joined since this was queued
+                messages += 1
+            wire = frame.wire
+            chunks.append(wire)
+            size += len(wire)
+        if chunks:
+            writer.write_frames(b"".join(chunks))
+            self.sent += len(chunks)
+            self._stats.delivered += messages
+            self._stats.writes["batched"] += 1
+        return taken > 0
+
+    async def _write_page(self, sub: Subscription, page: list[tuple[int, str]]) -> None:
+        """Catch-up: a page of stored records, in one write when the transport takes it,
+        else one awaited send each (the client reads slowly: wait for it)."""
+        writer = self._frames
+        if writer is not None and writer.can_write_frames():
+            writer.write_frames(
+                b"".join(text_frame(message_frame(record).encode()) for seq, record in page)
+            )
+            sub.cursor = page[-1][0]
+            self.sent += len(page)
+            self._stats.delivered += len(page)
+            self._stats.writes["batched"] += 1
+            await asyncio.sleep(0)  # a long catch-up must not hold the event loop
+            return
+        for seq, record_json in page:
+            await self._ws.send_text(message_frame(record_json))
+            sub.cursor = seq
+            self.sent += 1
+            self._stats.delivered += 1
+            self._stats.writes["awaited"] += 1
 
     async def _catch_up(self, sub: Subscription) -> None:
         while self._subs.get(sub.channel) is sub and self._close is None:
@@ -344,12 +423,9 @@ class Session:
                     # The client resumes with `after` elsewhere or later: nothing is skipped.
                     self.close(CLOSE_TRY_AGAIN, f"history unavailable: {exc.detail}"[:120])
                     return
-                for seq, record_json in old:
-                    if seq > sub.cursor:
-                        await self._ws.send_text(message_frame(record_json))
-                        sub.cursor = seq
-                        self.sent += 1
-                        self._stats.delivered += 1
+                newer = [(seq, record) for seq, record in old if seq > sub.cursor]
+                if newer:
+                    await self._write_page(sub, newer)
                 continue
             page = self._replica.read(sub.channel, sub.cursor, PAGE)
             if not page:
@@ -357,11 +433,7 @@ class Session:
                 # applied to this channel is pushed, and nothing before it is missed.
                 sub.live = True
                 return
-            for seq, record_json in page:
-                await self._ws.send_text(message_frame(record_json))
-                sub.cursor = seq
-                self.sent += 1
-                self._stats.delivered += 1
+            await self._write_page(sub, page)
 
     async def _pace_history(self) -> None:
         """Log reads of one socket at most WS_HISTORY_RATE pages a second: the pages wait,
@@ -542,7 +614,8 @@ class Session:
             presence.watch(channel, self)
         else:
             presence.unwatch(channel, self)
-        self._out.append((sub, None))
+        self._out.append((sub, None))  # the catch-up, by the sender
+        self._wake.set()
 
     def _presence_on(self) -> None:
         if not self._hub.presence.enabled:

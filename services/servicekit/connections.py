@@ -33,8 +33,10 @@ import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.protocol import State
 
 from options import non_negative_float, non_negative_int, setting
+from servicekit.frames import EXTENSION
 from servicekit.shapes import Problem
 
 log = logging.getLogger("servicekit.connections")
@@ -418,6 +420,25 @@ class Guard:
                 # The app closes a socket that stops reading (1013) sooner; this is for one
                 # that keeps its buffer full another way, or whose close cannot flush.
                 guard.unread(self, now)
+
+            def handle_connect(self, event: Any) -> None:
+                super().handle_connect(event)
+                # The app may write frames built once for many sockets (servicekit.frames).
+                extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
+                extensions[EXTENSION] = self
+
+            def can_write_frames(self) -> bool:
+                return (
+                    self.handshake_complete
+                    and not self.close_sent
+                    and self.writable.is_set()
+                    and self.conn.state is State.OPEN
+                    and not self.conn.extensions
+                    and not self.transport.is_closing()
+                )
+
+            def write_frames(self, data: bytes) -> None:
+                self.transport.write(data)
 
         return GuardedWebSocket
 

@@ -82,7 +82,8 @@ def run(
         ws_max_size=1 << 20,
         # permessage-deflate keeps a zlib compressor and decompressor per socket: about
         # 45 KB of 64 KB per idle connection (tracemalloc), and CPU on every frame of a
-        # fan-out. Chat frames are small; we send them uncompressed.
+        # fan-out. Chat frames are small; we send them uncompressed, and so a message's
+        # frame is the same bytes for every socket (servicekit.frames).
         ws_per_message_deflate=False,
     )
     _Server(config, before_exit, grace, guard).run()
