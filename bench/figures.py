@@ -10,6 +10,7 @@ from pathlib import Path
 import nats
 import websockets
 
+from bench import loadgen
 from bench.common import (
     HEADERS,
     TOKEN,
@@ -456,29 +457,41 @@ async def fan_out(
     nodes: int,
     number: str,
     target_ms: float,
+    go: Path | None = None,
 ) -> list[Figure]:
+    """``go``: the Go load generator (bench.loadgen); without it, the Python driver."""
     server = await start_nats(work)
     procs = [NodeProc(server) for _ in range(nodes)]
     sockets = []
     try:
         for p in procs:
             await asyncio.to_thread(p.wait_ready)
-        sockets = await _connect_clients(procs, clients, channels)
-        latencies, delivered, expected, cpu, nodes_cpu = await _drive(
-            procs, sockets, channels, rate, seconds
-        )
+        if go is not None:
+            (step,) = await asyncio.to_thread(
+                loadgen.drive, go, [p.url for p in procs], TOKEN, clients, channels, [rate],
+                seconds, [p.proc.pid for p in procs], 1e9,
+            )  # fmt: skip
+            p50, p99, worst = step["p50_ms"], step["p99_ms"], step["max_ms"]
+            delivered, expected = step["delivered"], step["expected"]
+            cpu, nodes_cpu, generator = step["cpu_cores"], step["nodes_cpu_cores"], "Go"
+        else:
+            sockets = await _connect_clients(procs, clients, channels)
+            latencies, delivered, expected, cpu, nodes_cpu = await _drive(
+                procs, sockets, channels, rate, seconds
+            )
+            p50, p99 = _p(latencies, 0.5), _p(latencies, 0.99)
+            worst, generator = latencies[-1] * 1000, "Python"
     finally:
         for ws in sockets:
             await ws.close()
         for p in procs:
             p.stop()
         server.stop()
-    p99 = _p(latencies, 0.99)
     note = (
         f"{clients} clients, {channels} channel(s), {rate:g} msg/s, {nodes} node(s); "
-        f"p50 {_p(latencies, 0.5):.1f} ms, max {latencies[-1] * 1000:.1f} ms; "
-        f"{delivered:,}/{expected:,} delivered; nodes {nodes_cpu:.2f} cores, load generator "
-        f"{cpu:.2f} cores"
+        f"p50 {p50:.1f} ms, max {worst:.1f} ms; "
+        f"{delivered:,}/{expected:,} delivered; nodes {nodes_cpu:.2f} cores, {generator} load "
+        f"generator {cpu:.2f} cores"
     )
     return [
         Figure(
@@ -494,7 +507,12 @@ async def fan_out(
 
 
 async def delivery_capacity(
-    work: Path, clients: int, channels: int, rates: list[float], number: str = "3c"
+    work: Path,
+    clients: int,
+    channels: int,
+    rates: list[float],
+    number: str = "3c",
+    go: Path | None = None,
 ) -> list[Figure]:
     """One node; raise the send rate step by step until p99 passes 50 ms."""
     server = await start_nats(work)
@@ -503,7 +521,21 @@ async def delivery_capacity(
     best, steps = 0.0, []
     try:
         await asyncio.to_thread(node.wait_ready)
-        sockets = await _connect_clients([node], clients, channels)
+        if go is not None:
+            measured = await asyncio.to_thread(
+                loadgen.drive, go, [node.url], TOKEN, clients, channels, rates, 3,
+                [node.proc.pid],
+            )  # fmt: skip
+            for step in measured:
+                steps.append(
+                    f"{step['rate'] * clients / channels:,.0f}/s: p99 {step['p99_ms']:.0f} ms, "
+                    f"node {step['nodes_cpu_cores']:.2f} cores, Go gen {step['cpu_cores']:.2f}"
+                )
+                if step["p99_ms"] <= 50 and step["delivered"] >= step["expected"]:
+                    best = step["delivered"] / 3
+            rates = []  # measured
+        else:
+            sockets = await _connect_clients([node], clients, channels)
         for rate in rates:
             latencies, delivered, expected, cpu, node_cpu = await _drive(
                 [node], sockets, channels, rate, 3

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import figures, presence
+from bench import figures, loadgen, presence
 from bench.common import RESULTS, Figure, machine, raise_fd_limit, write_results
 
 
@@ -21,6 +21,10 @@ async def main(quick: bool, only: str | None) -> None:
     work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     scale = 10 if quick else 1
     results: list[Figure] = []
+    go = loadgen.build(work)
+    print(
+        f"-- load generator: {'Go (bench/loadgen)' if go else 'Python (no Go found)'}", flush=True
+    )
 
     async def section(name: str, coro: object, number: str = "") -> None:
         if only is not None and number != only:
@@ -49,25 +53,25 @@ async def main(quick: bool, only: str | None) -> None:
     )
     await section(
         "fan-out, 1,000 clients over 100 channels, 3 nodes",
-        figures.fan_out(work, 1000 // scale, 100 // scale, 1000 / scale, 5, 3, "3", 20),
+        figures.fan_out(work, 1000 // scale, 100 // scale, 1000 / scale, 5, 3, "3", 20, go),
         number="3",
     )
     await section(
         "hot channel, 1,000 clients on one channel, 3 nodes",
-        figures.fan_out(work, 1000 // scale, 1, 10, 5, 3, "3b", 50),
+        figures.fan_out(work, 1000 // scale, 1, 10, 5, 3, "3b", 50, go),
         number="3b",
     )
     await section(
         "delivery capacity, one node",
         figures.delivery_capacity(
-            work, 500 // scale, 50 // scale or 1, [200, 500, 1000, 2000, 4000, 8000]
+            work, 500 // scale, 50 // scale or 1, [200, 500, 1000, 2000, 4000, 8000], go=go
         ),
         number="3c",
     )
     await section(
         "delivery capacity, one node, 100 subscribers a channel",
         figures.delivery_capacity(
-            work, 1000 // scale, 10, [100, 200, 500, 1000, 2000], number="3d"
+            work, 1000 // scale, 10, [100, 200, 500, 1000, 2000], number="3d", go=go
         ),
         number="3d",
     )

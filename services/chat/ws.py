@@ -166,6 +166,9 @@ class Session:
         self._inflight = asyncio.Semaphore(settings.ws_inflight_sends)
         self._receiving = True
         self._sender: asyncio.Task[None] | None = None
+        self._cork: list[bytes] | None = None
+        """Frames of this turn of the event loop, written together at its end (one system
+        call for all the messages a batch of the log brought this socket)."""
         client = socket.client
         self.address = client.host if client else ""
         self.sent = 0
@@ -207,6 +210,7 @@ class Session:
         if self._close is not None:
             # The close frame queues behind what the socket already buffered; a client that
             # reads again sees all of it and then the code. One that never reads is dropped.
+            self._uncork()  # before the close frame
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self._settings.ws_close_timeout):
                     await self._ws.close(*self._close)
@@ -220,6 +224,7 @@ class Session:
         self._receiving = False
         if not flush:
             self._out.clear()
+            self._cork = None
             if self._sender is not None:
                 self._sender.cancel()
         self._wake.set()
@@ -249,8 +254,13 @@ class Session:
             and writer is not None
             and writer.can_write_frames()
         ):
-            # Nothing is queued before it and the sender is not mid-write: in order.
-            writer.write_frames(frame.wire)
+            # Nothing is queued before it and the sender is not mid-write: in order. Corked
+            # until the end of this turn of the loop (the rest of the log's batch).
+            if self._cork is None:
+                self._cork = [frame.wire]
+                self._hub.cork(self)
+            else:
+                self._cork.append(frame.wire)
             self.sent += 1
             self._stats.writes["direct"] += 1
             if sub is not None:
@@ -336,8 +346,16 @@ class Session:
         leaves) and reads none of the answers must not grow the queue."""
         self._deliver(None, frame)
 
+    def _uncork(self) -> None:
+        """Write what was corked. Called at the end of the loop's turn by the hub, and by
+        anything about to write after it (the sender, the close)."""
+        cork, self._cork = self._cork, None
+        if cork and self._frames is not None and self._frames.can_write_frames():
+            self._frames.write_frames(b"".join(cork) if len(cork) > 1 else cork[0])
+
     async def _send_loop(self) -> None:
         while True:
+            self._uncork()  # what was corked came first
             if self._out:
                 writer = self._frames
                 if writer is not None and writer.can_write_frames() and self._write_batch(writer):
@@ -674,6 +692,7 @@ class Hub:
         self._settings = settings
         self.draining = False
         self.stats = WsStats(refused)
+        self._corked: list[Session] = []
 
     @staticmethod
     def _key(session: Session) -> str | None:
@@ -681,6 +700,17 @@ class Hub:
         if who is None:
             return None
         return who.user if who.user is not None else f"addr:{session.address}"
+
+    def cork(self, session: Session) -> None:
+        """``session`` holds frames to write at the end of this turn of the event loop."""
+        if not self._corked:
+            asyncio.get_running_loop().call_soon(self._uncork_all)
+        self._corked.append(session)
+
+    def _uncork_all(self) -> None:
+        corked, self._corked = self._corked, []
+        for session in corked:
+            session._uncork()
 
     def register(self, session: Session) -> bool:
         """Count ``session`` as its user's, or False: the user holds WS_PER_USER already."""
