@@ -16,7 +16,7 @@ from bench import figures, loadgen, presence
 from bench.common import RESULTS, Figure, machine, raise_fd_limit, write_results
 
 
-async def main(quick: bool, only: str | None) -> None:
+async def main(quick: bool, only: set[str] | None) -> None:
     raise_fd_limit()
     work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     scale = 10 if quick else 1
@@ -27,7 +27,7 @@ async def main(quick: bool, only: str | None) -> None:
     )
 
     async def section(name: str, coro: object, number: str = "") -> None:
-        if only is not None and number != only:
+        if only is not None and number not in only:
             coro.close()  # type: ignore[attr-defined]
             return
         print(f"-- {name}", flush=True)
@@ -99,15 +99,19 @@ async def main(quick: bool, only: str | None) -> None:
     if only is not None:
         # One figure again: the others stay as the last full run measured them.
         kept = json.loads((RESULTS / "latest.json").read_text())
-        produced = {f.number for f in results} | {only}
+        produced = {f.number for f in results} | only
         results = [Figure(**f) for f in kept["figures"] if f["number"] not in produced] + results
-        meta["date"] = f"{kept['machine']['date']} (figure {only}: {meta['date']})"
+        again = ", ".join(sorted(produced))
+        meta["date"] = f"{kept['machine']['date'].split(' (')[0]} (figures {again}: {meta['date']})"
     print(write_results(results, meta))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", help="run one figure (its number) and update its rows")
+    parser.add_argument(
+        "--only", help="run these figures (numbers, comma-separated) and update their rows"
+    )
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.quick, args.only)))
+    only = set(args.only.split(",")) if args.only else None
+    sys.exit(asyncio.run(main(args.quick, only)))
