@@ -258,8 +258,11 @@ async def test_pipelined_floods_and_unread_answers_are_cut(
 async def test_thousands_of_websockets_from_one_user_are_capped(
     procs: NodeProcs, tmp_path: Path
 ) -> None:
-    """5,000 WebSockets of one client were all accepted. Here 600 at once from one user:
-    WS_PER_USER (100) are admitted, the rest get too_many_sockets and 1008."""
+    """5,000 WebSockets of one client were all accepted. Here 600 from one user, all open
+    together: WS_PER_USER (100) are admitted, the rest get too_many_sockets and 1008.
+    They connect in waves of 100: 600 handshakes at the same instant made this a test
+    of one event loop's accept burst (the probe's /healthz waited 130-350 ms behind it
+    one run in three), not of the per-user cap."""
     more_files(10_000)
     node = procs.node("a")
     flooder = bearer(token("flooder", read=("*",)))
@@ -278,7 +281,8 @@ async def test_thousands_of_websockets_from_one_user_are_capped(
 
     async with well_behaved(node, tmp_path):
         try:
-            await asyncio.gather(*(one() for _ in range(600)))
+            for _ in range(6):
+                await asyncio.gather(*(one() for _ in range(100)))
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     assert outcomes["joined"] == 100 and outcomes["too_many_sockets"] == 500, outcomes
