@@ -189,10 +189,7 @@ async def list_presence(
     gate = _gate(request)
     gate.check_read(await gate.identify(request.headers), channel)
     presence = node.presence
-    if not presence.enabled:
-        raise ServiceError(
-            404, "presence_off", "presence is off on this node (PRESENCE_INTERVAL=0)"
-        )
+    presence.require()
     members, more = presence.listing(channel, after, limit)
     online = presence.online(channel)
     return PresencePage(channel=channel, online=online, members=members, more=more)

@@ -44,6 +44,7 @@ from chatlog import LogError
 from chatlog.bus import Bus
 from chatlog.records import UserName
 from chatlog.retry import SERVICE, retry
+from servicekit.errors import ServiceError
 
 log = logging.getLogger("chat.presence")
 
@@ -192,6 +193,13 @@ class Presence:
                 del self._watchers[channel]
 
     # What is served.
+    def require(self) -> None:
+        """404 ``presence_off`` for a question about presence on a node without it."""
+        if not self.enabled:
+            raise ServiceError(
+                404, "presence_off", "presence is off on this node (PRESENCE_INTERVAL=0)"
+            )
+
     def online(self, channel: str) -> int:
         return len(self.members.get(channel, ()))
 

@@ -614,7 +614,7 @@ class Session:
         if frame.after is not None and frame.after < 0:
             raise ServiceError(400, "invalid_after", "after must be >= 0")
         if frame.presence:
-            self._presence_on()
+            self._hub.presence.require()
         if channel not in self._subs and len(self._subs) >= self._settings.ws_max_channels:
             raise ServiceError(
                 400, "too_many_channels", f"at most {self._settings.ws_max_channels} channels"
@@ -643,14 +643,8 @@ class Session:
         self._out.append((sub, None))  # the catch-up, by the sender
         self._wake.set()
 
-    def _presence_on(self) -> None:
-        if not self._hub.presence.enabled:
-            raise ServiceError(
-                404, "presence_off", "presence is off on this node (PRESENCE_INTERVAL=0)"
-            )
-
     def _presence_snapshot(self, channel: str, after: str) -> PresenceFrame:
-        self._presence_on()
+        self._hub.presence.require()
         presence = self._hub.presence
         members, more = presence.listing(channel, after, PRESENCE_MAX)
         return PresenceFrame(channel, presence.online(channel), members, more)

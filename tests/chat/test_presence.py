@@ -15,12 +15,14 @@ import msgspec
 import pytest
 import websockets
 
+from chat.app import create_app
 from chat.presence import PART_ENTRIES, Beat, Bye, Changes, Entry, Presence
 from chat_cluster.local import Service
 from chat_cluster.natsserver import NatsServer
 from chatlog.bus import Bus
 from chatlog.names import PRESENCE_SUBJECT, PRESENCE_SUBJECTS
 from chatlog.roles import ADMIN, ARCHIVER, NODE, PUBLISHER, ROLES, permissions
+from options import ConfigError
 from tests.support import (
     NodeProcs,
     bearer,
@@ -430,3 +432,21 @@ def test_pages_are_right_however_members_come_and_go(nats: NatsServer) -> None:
             break
         after = page[-1].user
     assert got == want and presence.online("room") == len(want)
+
+
+async def test_presence_off_says_so_and_a_ttl_shorter_than_two_beats_is_refused(
+    nats: NatsServer, procs: NodeProcs
+) -> None:
+    off = procs.node("off", "--presence-interval", "0")
+    status, body = http("GET", off.url + "/presence?channel=room")
+    assert status == 404 and body["error"] == "presence_off", body
+    async with websockets.connect(ws_url(off), additional_headers=bearer(reader("ada"))) as ws:
+        await ws.send(json.dumps({"op": "presence", "channel": "room"}))
+        assert (await recv(ws))["code"] == "presence_off"
+        await ws.send(json.dumps({"op": "join", "channel": "room", "presence": True}))
+        assert (await recv(ws))["code"] == "presence_off"
+        await ws.send(json.dumps({"op": "join", "channel": "room"}))  # plain joins still work
+        assert (await recv_op(ws, "joined"))["channel"] == "room"
+    assert http("GET", off.url + "/channels")[0] == 200
+    with pytest.raises(ConfigError, match="PRESENCE_TTL"):
+        create_app(node_settings(nats, presence_interval=5.0, presence_ttl=9.0))

@@ -126,15 +126,19 @@ class RawClient:
             raise EOFError("connection closed without a close frame")
         return bytes(out)
 
-    def read_text(self) -> str:
-        """The next text frame's payload (a close frame is an error here)."""
+    def read_frame(self) -> tuple[int, bytes]:
+        """The next frame: (its first byte, FIN and opcode; its payload)."""
         b0, b1 = self._read(2)
         length = b1 & 0x7F
         if length == 126:
             length = struct.unpack("!H", self._read(2))[0]
         elif length == 127:
             length = struct.unpack("!Q", self._read(8))[0]
-        payload = self._read(length)
+        return b0, self._read(length)
+
+    def read_text(self) -> str:
+        """The next text frame's payload (a close frame is an error here)."""
+        b0, payload = self.read_frame()
         assert b0 == 0x81, (b0, payload[:80])
         return payload.decode()
 
@@ -142,13 +146,7 @@ class RawClient:
         """Read every frame; return (text frames seen, close code)."""
         frames = 0
         while True:
-            b0, b1 = self._read(2)
-            length = b1 & 0x7F
-            if length == 126:
-                length = struct.unpack("!H", self._read(2))[0]
-            elif length == 127:
-                length = struct.unpack("!Q", self._read(8))[0]
-            payload = self._read(length)
+            b0, payload = self.read_frame()
             if b0 & 0x0F == 0x8:
                 return frames, struct.unpack("!H", payload[:2])[0]
             frames += 1
