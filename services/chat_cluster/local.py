@@ -265,8 +265,10 @@ class LocalCluster:
             for service in services:
                 service.start()
             self._wait_ready(services, timeout=60)
-            self._print_table(servers, services, version, binary)
+            # cluster.json first: once the table says the cluster is up, `send`, `tail` and
+            # `status` find it (a test read it right after the table and missed it once).
             self._write_state(servers, services)
+            self._print_table(servers, services, version, binary)
             self._supervise(servers, services)
         finally:
             for service in services:
