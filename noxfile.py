@@ -89,6 +89,20 @@ def faults(session: nox.Session) -> None:
 
 
 @nox.session
+def faults_workers(session: nox.Session) -> None:
+    """The fault scenarios again with every node running ``--workers 2``."""
+    install(session, "dev.lock")
+    session.run(
+        "pytest",
+        "tests/faults/test_scenarios.py",
+        "-m",
+        "faults or not faults",
+        *session.posargs,
+        env={"FAULTS_REPORT_DIR": str(ROOT / ".faults-workers"), "CHAT_TEST_WORKERS": "2"},
+    )
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """The benchmark suite (at most ~10 minutes); writes bench/results/latest.{json,md}."""
     install(session, "dev.lock")

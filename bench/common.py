@@ -175,8 +175,13 @@ class NodeProc:
             time.sleep(0.01)
         return time.perf_counter() - t0
 
+    def pids(self) -> list[int]:
+        """The node's process and, with ``--workers``, its workers."""
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [self.proc.pid, *map(int, path.read_text().split())]
+
     def rss(self) -> int:
-        return rss_of(self.proc.pid)
+        return sum(rss_of(pid) for pid in self.pids())
 
     def stop(self) -> None:
         self.proc.terminate()

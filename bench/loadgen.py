@@ -32,10 +32,15 @@ def drive(
     seconds: float,
     pids: list[int],
     stop_above: float = 50.0,
+    protocol: str = "chat",
+    via_nats: tuple[str, str] | None = None,
+    prefix: str = "f",
 ) -> list[dict[str, Any]]:
     """One dict per step: rate, delivered, expected, p50_ms, p99_ms, max_ms, cpu_cores (of
     the generator), nodes_cpu_cores (of ``pids``). Stops after the first step past
-    ``stop_above`` ms or short of deliveries."""
+    ``stop_above`` ms or short of deliveries. ``protocol`` "centrifugo" drives Centrifugo;
+    ``via_nats`` (NATS URL, publisher nkey seed file) publishes straight to the log instead
+    of sending through the first node."""
     args = [
         str(binary),
         "-nodes", ",".join(nodes),
@@ -46,6 +51,10 @@ def drive(
         "-seconds", str(seconds),
         "-stop-above", str(stop_above),
         "-pids", ",".join(map(str, pids)),
+        "-protocol", protocol,
+        "-prefix", prefix,
     ]  # fmt: skip
+    if via_nats is not None:
+        args += ["-via", "nats", "-nats-url", via_nats[0], "-nkey", via_nats[1]]
     done = subprocess.run(args, capture_output=True, text=True, check=True, timeout=600)
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]

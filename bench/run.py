@@ -12,8 +12,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import figures, loadgen, presence
+from bench import centrifugo, figures, loadgen, presence, versus
 from bench.common import RESULTS, Figure, machine, raise_fd_limit, write_results
+
+VERSUS = {"3c", "3d", "3e", "3f", "3g", "5"}
+"""The figures with Centrifugo beside ours."""
 
 
 async def main(quick: bool, only: set[str] | None) -> None:
@@ -61,23 +64,62 @@ async def main(quick: bool, only: set[str] | None) -> None:
         figures.fan_out(work, 1000 // scale, 1, 10, 5, 3, "3b", 50, go),
         number="3b",
     )
-    await section(
-        "delivery capacity, one node",
-        figures.delivery_capacity(
-            work, 500 // scale, 50 // scale or 1, [200, 500, 1000, 2000, 4000, 8000], go=go
-        ),
-        number="3c",
+    cf = centrifugo.build(work) if go is not None and (only is None or only & VERSUS) else None
+    print(
+        f"-- Centrifugo: {'v6.9.1' if cf else 'not built (no Go or no module proxy)'}", flush=True
     )
-    await section(
-        "delivery capacity, one node, 100 subscribers a channel",
-        figures.delivery_capacity(
-            work, 1000 // scale, 10, [100, 200, 500, 1000, 2000], number="3d", go=go
-        ),
-        number="3d",
-    )
-    await section(
-        "idle WebSocket memory", figures.idle_connections(work, 10_000 // scale), number="5"
-    )
+    if go is not None:
+        await section(
+            "delivery capacity, one node, 1,000 clients over 100 channels, vs Centrifugo",
+            versus.capacity(
+                work, go, cf, 1000 // scale, 100 // scale, [500, 1000, 2000, 3000, 4000, 6000], "3c"
+            ),
+            number="3c",
+        )
+        await section(
+            "delivery capacity, one node, 1,000 clients over 10 channels, vs Centrifugo",
+            versus.capacity(
+                work,
+                go,
+                cf,
+                1000 // scale,
+                10,
+                [100, 200, 300, 500, 700, 1000, 1500, 2000, 3000],
+                "3d",
+            ),
+            number="3d",
+        )
+        await section(
+            "delivery capacity, one node with --workers 2, 1,000 clients over 10 channels",
+            versus.capacity(
+                work,
+                go,
+                cf,
+                1000 // scale,
+                10,
+                [100, 200, 300, 500, 700, 1000, 1500, 2000, 3000],
+                "3e",
+                workers=2,
+            ),
+            number="3e",
+        )
+        await section(
+            "fan-out at 10,000 deliveries/s, one node, vs Centrifugo",
+            versus.latency(work, go, cf, 1000 // scale, 100 // scale, 1000, "3f", "<= 10 ms"),
+            number="3f",
+        )
+        await section(
+            "hot channel, 1,000 clients on one channel, one node, vs Centrifugo",
+            versus.latency(work, go, cf, 1000 // scale, 1, 10, "3g", "<= 1.0"),
+            number="3g",
+        )
+    idle: list[Figure] = []
+
+    async def idle_both() -> list[Figure]:
+        idle.extend(await figures.idle_connections(work, 10_000 // scale))
+        return idle + await versus.idle_memory(work, cf, 10_000 // scale, idle[0].value)
+
+    await section("idle WebSocket memory, vs Centrifugo", idle_both(), number="5")
     await section("telemetry cost", figures.telemetry_cost(work, 20_000 // scale), number="7")
     await section(
         "credentials and digest cost",

@@ -143,15 +143,17 @@ def status_of(url: str) -> int:
         return 0
 
 
-def all_messages(base: str, channel: str) -> list[dict[str, Any]]:
-    """Walk a node's (or the archiver's) whole channel page by page."""
+def all_messages(base: str, channel: str, min_seq: int = 0) -> list[dict[str, Any]]:
+    """Walk a node's (or the archiver's) whole channel page by page. ``min_seq``: each
+    page from a replica that has applied at least that seq (a node's pages may come
+    from different workers of it, as from different nodes)."""
     out: list[dict[str, Any]] = []
     after = 0
     while True:
         if "/messages/" in base:
             url = f"{base}?after={after}&limit=1000"
         else:
-            url = f"{base}/messages?channel={channel}&after={after}&limit=1000"
+            url = f"{base}/messages?channel={channel}&after={after}&limit=1000&min_seq={min_seq}"
         page = get_json(url)["messages"]
         if not page:
             return out

@@ -1,11 +1,17 @@
-// loadgen drives chat nodes over WebSocket as users do, and reports delivery latency.
+// loadgen drives chat nodes (or Centrifugo, for comparison) over WebSocket as users do,
+// and reports delivery latency.
 //
 // It connects -clients sockets (spread over -nodes), each joins one of -channels
-// channels, then one sender per step sends through the first node at each rate of
-// -rates for -seconds; every frame's text is the send time in Unix nanoseconds, so
-// a receiver's latency is its receive time minus that. One JSON line per step on
-// stdout. Written in Go so that the generator is not what limits the figures: a
-// Python one used 0.7 of a core at 50,000 deliveries a second on this machine.
+// channels, then one sender per step sends at each rate of -rates for -seconds; every
+// message's text is the send time in Unix nanoseconds, so a receiver's latency is its
+// receive time minus that. The sender is a WebSocket client of the first node (-via
+// ws: what users do), or a NATS client publishing straight to the log (-via nats: what
+// `nats pub` does, with the publisher's nkey). One JSON line per step on stdout.
+// Written in Go so that the generator is not what limits the figures: a Python one
+// used 0.7 of a core at 50,000 deliveries a second on this machine.
+//
+// -protocol centrifugo speaks Centrifugo's JSON protocol instead of ours (connect,
+// subscribe, publish over the client's socket), for the side-by-side figures.
 package main
 
 import (
@@ -24,6 +30,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
 )
 
 type step struct {
@@ -65,13 +72,47 @@ func cpuSeconds() float64 {
 	return tv(usage.Utime) + tv(usage.Stime)
 }
 
-func dial(node, token string) (*websocket.Conn, error) {
+// protocol is what differs between our nodes and Centrifugo: the socket's path, its
+// first frame, a join and a send.
+type protocol struct {
+	path  string
+	hello func() string
+	join  func(channel string) string
+	send  func(k int, channel, text string) string
+}
+
+var protocols = map[string]protocol{
+	"chat": {
+		path:  "/ws",
+		hello: func() string { return "" }, // the token travels in the handshake
+		join:  func(ch string) string { return fmt.Sprintf(`{"op":"join","channel":"%s"}`, ch) },
+		send: func(k int, ch, text string) string {
+			return fmt.Sprintf(`{"op":"send","channel":"%s","text":"%s"}`, ch, text)
+		},
+	},
+	"centrifugo": {
+		path:  "/connection/websocket",
+		hello: func() string { return `{"id":1,"connect":{}}` },
+		join: func(ch string) string {
+			return fmt.Sprintf(`{"id":2,"subscribe":{"channel":"%s"}}`, ch)
+		},
+		send: func(k int, ch, text string) string {
+			return fmt.Sprintf(`{"id":%d,"publish":{"channel":"%s","data":{"text":"%s"}}}`,
+				k+3, ch, text)
+		},
+	},
+}
+
+func dial(node, token string, proto protocol) (*websocket.Conn, error) {
 	header := http.Header{}
 	if token != "" {
 		header.Set("Authorization", "Bearer "+token)
 	}
 	dialer := websocket.Dialer{HandshakeTimeout: 60 * time.Second}
-	conn, _, err := dialer.Dial(strings.Replace(node, "http", "ws", 1)+"/ws", header)
+	conn, _, err := dialer.Dial(strings.Replace(node, "http", "ws", 1)+proto.path, header)
+	if err == nil && proto.hello() != "" {
+		err = conn.WriteMessage(websocket.TextMessage, []byte(proto.hello()))
+	}
 	return conn, err
 }
 
@@ -85,19 +126,29 @@ func main() {
 	stopAbove := flag.Float64("stop-above", 50, "stop after a step whose p99 (ms) is above this")
 	prefix := flag.String("prefix", "f", "channel name prefix")
 	pids := flag.String("pids", "", "comma-separated pids of the servers whose CPU is reported")
+	protoName := flag.String("protocol", "chat", "chat (our nodes) or centrifugo")
+	via := flag.String("via", "ws", "ws: send through the first node's WebSocket; nats: "+
+		"publish straight to the log (chat.<channel>, as `nats pub` does)")
+	natsURL := flag.String("nats-url", "", "with -via nats: the NATS server")
+	seedFile := flag.String("nkey", "", "with -via nats: the publisher's nkey seed file")
 	flag.Parse()
 	urls := strings.Split(*nodes, ",")
+	proto, known := protocols[*protoName]
+	if !known {
+		fmt.Fprintln(os.Stderr, "unknown -protocol:", *protoName)
+		os.Exit(2)
+	}
 
 	var delivered atomic.Int64
 	var mu sync.Mutex
 	var latencies []float64
 	for i := 0; i < *clients; i++ {
-		conn, err := dial(urls[i%len(urls)], *token)
+		conn, err := dial(urls[i%len(urls)], *token, proto)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "connect:", err)
 			os.Exit(1)
 		}
-		join := fmt.Sprintf(`{"op":"join","channel":"%s%d"}`, *prefix, i%*channels)
+		join := proto.join(fmt.Sprintf("%s%d", *prefix, i%*channels))
 		if err := conn.WriteMessage(websocket.TextMessage, []byte(join)); err != nil {
 			fmt.Fprintln(os.Stderr, "join:", err)
 			os.Exit(1)
@@ -110,40 +161,35 @@ func main() {
 					return
 				}
 				now := time.Now().UnixNano()
-				at := indexOf(data, marker)
-				if at < 0 {
-					continue
-				}
-				start := at + len(marker)
-				end := start
-				for end < len(data) && data[end] != '"' {
-					end++
-				}
-				sent, err := strconv.ParseInt(string(data[start:end]), 10, 64)
-				if err != nil {
-					continue // not one of ours (history from an earlier run)
-				}
-				delivered.Add(1)
-				if timed {
-					mu.Lock()
-					latencies = append(latencies, float64(now-sent)/1e6)
-					mu.Unlock()
+				for {
+					at := indexOf(data, marker)
+					if at < 0 {
+						break
+					}
+					start := at + len(marker)
+					end := start
+					for end < len(data) && data[end] != '"' {
+						end++
+					}
+					sent, err := strconv.ParseInt(string(data[start:end]), 10, 64)
+					data = data[end:]
+					if err != nil {
+						continue // not one of ours (history from an earlier run)
+					}
+					delivered.Add(1)
+					if timed {
+						mu.Lock()
+						latencies = append(latencies, float64(now-sent)/1e6)
+						mu.Unlock()
+					}
 				}
 			}
 		}(conn, timed)
 	}
-	sender, err := dial(urls[0], *token)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "sender:", err)
-		os.Exit(1)
+	send := sendThroughNode(urls[0], *token, proto, *prefix)
+	if *via == "nats" {
+		send = publishToLog(*natsURL, *seedFile, *prefix)
 	}
-	go func() { // acks and errors: read and drop
-		for {
-			if _, _, err := sender.ReadMessage(); err != nil {
-				return
-			}
-		}
-	}()
 	time.Sleep(time.Second) // the joins' answers (load shaping before the first step)
 
 	encoder := json.NewEncoder(os.Stdout)
@@ -160,12 +206,7 @@ func main() {
 			if wait := time.Until(due); wait > 0 {
 				time.Sleep(wait)
 			}
-			frame := fmt.Sprintf(`{"op":"send","channel":"%s%d","text":"%d"}`,
-				*prefix, k%*channels, time.Now().UnixNano())
-			if err := sender.WriteMessage(websocket.TextMessage, []byte(frame)); err != nil {
-				fmt.Fprintln(os.Stderr, "send:", err)
-				os.Exit(1)
-			}
+			send(k, k%*channels, strconv.FormatInt(time.Now().UnixNano(), 10))
 		}
 		time.Sleep(time.Second) // the last sends' deliveries
 		elapsed := time.Since(t0).Seconds()
@@ -186,6 +227,50 @@ func main() {
 		_ = encoder.Encode(result)
 		if result.P99 > *stopAbove || result.Delivered < result.Expected {
 			break
+		}
+	}
+}
+
+// sendThroughNode sends as a user does, over a WebSocket of the first node.
+func sendThroughNode(node, token string, proto protocol, prefix string) func(int, int, string) {
+	sender, err := dial(node, token, proto)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sender:", err)
+		os.Exit(1)
+	}
+	go func() { // acks and errors: read and drop
+		for {
+			if _, _, err := sender.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}()
+	return func(k, channel int, text string) {
+		frame := proto.send(k, fmt.Sprintf("%s%d", prefix, channel), text)
+		if err := sender.WriteMessage(websocket.TextMessage, []byte(frame)); err != nil {
+			fmt.Fprintln(os.Stderr, "send:", err)
+			os.Exit(1)
+		}
+	}
+}
+
+// publishToLog publishes on chat.<channel> with the publisher's nkey, as `nats pub`
+// does: the stream stores it (as chat.<channel>.raw) and every node delivers it.
+func publishToLog(url, seedFile, prefix string) func(int, int, string) {
+	auth, err := nats.NkeyOptionFromSeed(seedFile)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nkey:", err)
+		os.Exit(1)
+	}
+	nc, err := nats.Connect(url, auth)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nats:", err)
+		os.Exit(1)
+	}
+	return func(k, channel int, text string) {
+		if err := nc.Publish(fmt.Sprintf("chat.%s%d", prefix, channel), []byte(text)); err != nil {
+			fmt.Fprintln(os.Stderr, "publish:", err)
+			os.Exit(1)
 		}
 	}
 }

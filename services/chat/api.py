@@ -39,6 +39,7 @@ from servicekit.shapes import (
     MessagesPage,
     Problem,
 )
+from servicekit.workers import LOCAL, Worker
 
 
 def _progress(node: Node, status: str) -> Progress:
@@ -74,10 +75,17 @@ def healthz(state: State) -> Response[Progress]:
     )
 
 
-@get("/readyz", sync_to_thread=False)
-def readyz(state: State) -> Response[Progress]:
+@get("/readyz")
+async def readyz(state: State, worker: FromQuery[str | None] = None) -> Response[Progress]:
+    """With ``--workers``, ready only when every worker is: a client may land on any of
+    them. ``?worker=self``: this worker alone (what the others ask)."""
     node: Node = state.node
     ready, status = node.readiness()
+    workers: Worker | None = state.worker
+    if ready and workers is not None and worker != LOCAL:
+        answers = await workers.ask_others(f"/readyz?worker={LOCAL}")
+        if any(body is None for body in answers.values()):
+            ready, status = False, "workers_not_ready"
     return Response(_progress(node, status), status_code=200 if ready else 503)
 
 

@@ -15,18 +15,22 @@ from chat.node import Node
 from chat.page import PAGE_ROUTES
 from chat.settings import NodeSettings
 from servicekit.problems import EXCEPTION_HANDLERS
+from servicekit.workers import Worker
 from telemetry import Telemetry
 from telemetry.http import metrics, middleware
 
 log = logging.getLogger("chat.app")
 
 
-def create_app(settings: NodeSettings, telemetry_: Telemetry | None = None) -> Litestar:
+def create_app(
+    settings: NodeSettings, telemetry_: Telemetry | None = None, worker: Worker | None = None
+) -> Litestar:
     """``telemetry_`` comes from the entry point (``OTEL_*`` read there); by default
-    metrics are only served on /metrics and nothing is exported."""
+    metrics are only served on /metrics and nothing is exported. ``worker``: one of
+    ``--workers`` (servicekit.workers)."""
     tele = telemetry_ or telemetry.start("chat-node", settings.node_id, {})
     meter = tele.meter("chat")
-    node = Node.create(settings, meter, tele.tracing)
+    node = Node.create(settings, meter, tele.tracing, worker)
     NodeMetrics(meter, node)
 
     @contextlib.asynccontextmanager
@@ -48,7 +52,7 @@ def create_app(settings: NodeSettings, telemetry_: Telemetry | None = None) -> L
             *PAGE_ROUTES,
             ws_endpoint,
         ],
-        state=State({"node": node, "telemetry": tele}),
+        state=State({"node": node, "telemetry": tele, "worker": worker}),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=cors(settings.auth),

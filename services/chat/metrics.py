@@ -62,9 +62,10 @@ class NodeMetrics:
         counter("chat.ws.delivered", [self._delivered], "{message}",
                 "Message frames written to WebSockets (live and catch-up)")  # fmt: skip
         counter("chat.ws.writes", [self._writes], "{write}",
-                "Writes to WebSockets by path: direct (a message's frame, built once, written "
-                "by the push itself), batched (what waited in a socket's queue, in one "
-                "call), awaited (the ASGI send, for a paused or closing socket)")  # fmt: skip
+                "Writes (system calls) to WebSockets by path: direct (messages' frames, built "
+                "once, written by the push itself, those of one turn of the loop together), "
+                "batched (what waited in a socket's queue, in one call), awaited (the ASGI "
+                "send, for a paused or closing socket)")  # fmt: skip
         counter("chat.ws.closed", [self._closed], "{connection}",
                 "WebSockets closed by the node, by reason (overflow = 1013, abuse = 1008, "
                 "going_away = 1001, log_replaced = 1012, unauthorized = 4001, "

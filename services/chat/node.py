@@ -23,6 +23,7 @@ from chatlog.stream import DEFAULT_MAX_TEXT
 from options import ConfigError
 from servicekit.connections import Guard
 from servicekit.tasks import Background
+from servicekit.workers import Worker
 
 
 def readiness(caught_up: bool, lag: int, max_lag: int) -> tuple[bool, str]:
@@ -59,9 +60,13 @@ class Node:
     """Requests and sockets refused by a limit, by reason (chat_limits_refused_total)."""
     presence: Presence
     """Who is in which channel, on every node (core NATS beside the log, never in it)."""
+    worker: Worker | None = None
+    """One of ``--workers``: only the first saves snapshots."""
 
     @classmethod
-    def create(cls, settings: NodeSettings, meter: Meter, tracing: bool) -> "Node":
+    def create(
+        cls, settings: NodeSettings, meter: Meter, tracing: bool, worker: Worker | None = None
+    ) -> "Node":
         chatlog = ChatLog(settings.log, name=f"chat-node {settings.node_id}", role=NODE)
         # The text limit is the log's own: the replica takes it from the stream at bootstrap.
         replica = Replica(DEFAULT_MAX_TEXT, settings.keep_per_channel)
@@ -99,6 +104,7 @@ class Node:
             guard=Guard(settings.connections, refused),
             refused=refused,
             presence=presence,
+            worker=worker,
         )
 
     @property
@@ -123,7 +129,8 @@ class Node:
         # A bounded node holds only the newest records: its state is not the whole log's.
         # Without a secret to sign with, no node could trust what it saved.
         return (
-            self.settings.snapshot_every > 0
+            (self.worker is None or self.worker.index == 0)  # one saver per node is enough
+            and self.settings.snapshot_every > 0
             and self.settings.keep_per_channel is None
             and self.chatlog.snapshots_enabled
         )

@@ -44,6 +44,12 @@ class NodeSettings:
     log: LogSettings = nested(LogSettings)
     auth: AuthSettings = nested(AuthSettings)
     connections: ConnectionSettings = nested(ConnectionSettings)
+    workers: int = setting(
+        1, flag="--workers", env="WORKERS", parse=positive_int,
+        help="processes serving this node's port (SO_REUSEPORT), each holding its own "
+        "replica: one per core; /metrics and /readyz speak for all of them; limits hold "
+        "per worker",
+    )  # fmt: skip
     grace: float = setting(
         10.0, flag="--grace", env="GRACE_SECONDS", parse=positive_float,
         help="seconds SIGTERM waits for WebSockets to close with 1001",

@@ -246,6 +246,15 @@ class Session:
         self._deliver(sub, frame)
 
     def _deliver(self, sub: Subscription | None, frame: Frame) -> None:
+        cork = self._cork
+        if cork is not None and not self._out:
+            # Corked this turn, and nothing queued since (an answer): nothing is written
+            # before the turn ends, so the transport's state is as the first frame found it.
+            cork.append(frame.wire)
+            self.sent += 1
+            if sub is not None:
+                self._stats.delivered += 1
+            return
         writer = self._frames
         if (
             not self._out
@@ -256,13 +265,9 @@ class Session:
         ):
             # Nothing is queued before it and the sender is not mid-write: in order. Corked
             # until the end of this turn of the loop (the rest of the log's batch).
-            if self._cork is None:
-                self._cork = [frame.wire]
-                self._hub.cork(self)
-            else:
-                self._cork.append(frame.wire)
+            self._cork = [frame.wire]
+            self._hub.cork(self)
             self.sent += 1
-            self._stats.writes["direct"] += 1
             if sub is not None:
                 self._stats.delivered += 1
             return
@@ -360,6 +365,7 @@ class Session:
         cork, self._cork = self._cork, None
         if cork and self._frames is not None and self._frames.can_write_frames():
             self._frames.write_frames(b"".join(cork) if len(cork) > 1 else cork[0])
+            self._stats.writes["direct"] += 1
 
     async def _send_loop(self) -> None:
         while True:

@@ -284,9 +284,18 @@ def _node(settings: NodeSettings, env: Mapping[str, str]) -> int:
     import telemetry
     from chat.app import create_app
     from servicekit import logs, serve
+    from servicekit.workers import Worker
 
+    worker = Worker.from_env(env)
+    if settings.workers > 1 and worker is None:
+        from chat_cluster.processes import supervise
+
+        logs.configure("chat-node", settings.log_level, node_id=settings.node_id)
+        return supervise(sys.argv[1:], settings.workers, settings.host, settings.port, env)
+    if worker is not None:  # each worker is a node of its own in logs, NATS and presence
+        settings = dataclasses.replace(settings, node_id=f"{settings.node_id}/{worker.index}")
     logs.configure("chat-node", settings.log_level, node_id=settings.node_id)
-    app = create_app(settings, telemetry.start("chat-node", settings.node_id, env))
+    app = create_app(settings, telemetry.start("chat-node", settings.node_id, env), worker)
     node = app.state.node
     hub = node.hub
     serve.run(
@@ -296,6 +305,7 @@ def _node(settings: NodeSettings, env: Mapping[str, str]) -> int:
         node.guard,
         grace=settings.grace,
         before_exit=lambda: hub.drain(settings.grace),
+        worker=worker,
     )
     return 0
 

@@ -13,6 +13,7 @@ import uvicorn
 from litestar import Litestar
 
 from servicekit.connections import Guard
+from servicekit.workers import Worker
 
 
 class _Server(uvicorn.Server):
@@ -67,7 +68,10 @@ def run(
     *,
     grace: float = 10.0,
     before_exit: Callable[[], Awaitable[None]] | None = None,
+    worker: Worker | None = None,
 ) -> None:
+    """``worker``: one of ``--workers`` (servicekit.workers): it shares the port with the
+    others (SO_REUSEPORT) and also listens on its own Unix socket."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -86,4 +90,5 @@ def run(
         # frame is the same bytes for every socket (servicekit.frames).
         ws_per_message_deflate=False,
     )
-    _Server(config, before_exit, grace, guard).run()
+    server = _Server(config, before_exit, grace, guard)
+    server.run(sockets=worker.listeners(host, port) if worker is not None else None)

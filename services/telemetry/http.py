@@ -17,10 +17,12 @@ from litestar import Response, get
 from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.middleware.base import DefineMiddleware
+from litestar.params import FromQuery
 from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry.metrics import Histogram, NoOpMeterProvider
 
+from servicekit.workers import LOCAL, Worker, merge_metrics
 from telemetry.prometheus import CONTENT_TYPE, render
 from telemetry.setup import Telemetry
 
@@ -85,7 +87,18 @@ def middleware(telemetry: Telemetry) -> list[DefineMiddleware]:
     return stack
 
 
-@get("/metrics", sync_to_thread=False, include_in_schema=False)
-def metrics(state: State) -> Response[str]:
+@get("/metrics", include_in_schema=False)
+async def metrics(state: State, worker: FromQuery[str | None] = None) -> Response[str]:
+    """With ``--workers``, every worker's metrics, each sample labelled with its worker.
+    ``?worker=self``: this worker's alone (what the others ask)."""
     telemetry: Telemetry = state.telemetry
-    return Response(render(telemetry.reader.get_metrics_data()), media_type=CONTENT_TYPE)
+    workers: Worker | None = state.get("worker")
+    if workers is None:
+        return Response(render(telemetry.reader.get_metrics_data()), media_type=CONTENT_TYPE)
+    own = render(telemetry.reader.get_metrics_data(), (workers.label,))
+    if worker == LOCAL:
+        return Response(own, media_type=CONTENT_TYPE)
+    answers = await workers.ask_others(f"/metrics?worker={LOCAL}")
+    others = [body.decode() for body in answers.values() if body is not None]
+    missing = "".join(f"# worker {i} did not answer\n" for i, b in answers.items() if b is None)
+    return Response(merge_metrics([own, *others]) + missing, media_type=CONTENT_TYPE)

@@ -56,7 +56,7 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def _lines(metric: Metric) -> Iterable[str]:
+def _lines(metric: Metric, extra: Sequence[tuple[str, str]]) -> Iterable[str]:
     data = metric.data
     if isinstance(data, Sum | Gauge):
         counter = isinstance(data, Sum) and data.is_monotonic
@@ -65,7 +65,7 @@ def _lines(metric: Metric) -> Iterable[str]:
         yield f"# TYPE {name} {'counter' if counter else 'gauge'}"
         for number in data.data_points:
             assert isinstance(number, NumberDataPoint)
-            yield f"{name}{_labels(number.attributes)} {_number(number.value)}"
+            yield f"{name}{_labels(number.attributes, extra)} {_number(number.value)}"
     elif isinstance(data, Histogram):
         name = _name(metric, counter=False)
         yield f"# HELP {name} {_escape(metric.description or metric.name)}"
@@ -77,12 +77,13 @@ def _lines(metric: Metric) -> Iterable[str]:
             for bound, count in zip(bounds, point.bucket_counts, strict=True):
                 cumulative += count
                 le = _number(float(bound))
-                yield f"{name}_bucket{_labels(point.attributes, [('le', le)])} {cumulative}"
-            yield f"{name}_sum{_labels(point.attributes)} {_number(point.sum)}"
-            yield f"{name}_count{_labels(point.attributes)} {point.count}"
+                yield f"{name}_bucket{_labels(point.attributes, [*extra, ('le', le)])} {cumulative}"
+            yield f"{name}_sum{_labels(point.attributes, extra)} {_number(point.sum)}"
+            yield f"{name}_count{_labels(point.attributes, extra)} {point.count}"
 
 
-def render(data: MetricsData | None) -> str:
+def render(data: MetricsData | None, extra: Sequence[tuple[str, str]] = ()) -> str:
+    """``extra``: labels added to every sample (``worker`` with ``--workers``)."""
     lines: list[str] = []
     seen: set[str] = set()
     for resource in data.resource_metrics if data else ():
@@ -91,5 +92,5 @@ def render(data: MetricsData | None) -> str:
                 if metric.name in seen:
                     continue  # one family per name, even if two meters define it
                 seen.add(metric.name)
-                lines.extend(_lines(metric))
+                lines.extend(_lines(metric, extra))
     return "\n".join(lines) + "\n"

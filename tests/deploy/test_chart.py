@@ -196,14 +196,14 @@ def test_chat_nodes_get_only_settings_the_node_reads(
     defaults = NodeSettings()
     limits = ("connections", "send_rate", "send_burst", "min_seq_waiters", "ws_per_user")
     more = ("join_rate", "history_rate", "ws_send_timeout", "ready_max_lag")
-    more += ("presence_interval", "presence_ttl")
+    more += ("presence_interval", "presence_ttl", "workers")
     for field in (*limits, *more):
         expected = getattr(defaults, field)
         if field == "connections":  # behind an ingress all come from its pods: no cap
             expected = dataclasses.replace(expected, max_per_address=0)
         assert getattr(settings, field) == expected, field
     assert {"MAX_CONNECTIONS", "SEND_RATE", "WS_PER_USER", "READY_MAX_LAG"} <= set(env)
-    assert {"PRESENCE_INTERVAL", "PRESENCE_TTL"} <= set(env)
+    assert {"PRESENCE_INTERVAL", "PRESENCE_TTL", "WORKERS"} <= set(env)
     # who it is to NATS: the node user, with the node password from the Secret
     assert settings.log.user == NODE
     assert settings.log.password == rendered.secrets[rendered.credentials][NODE]

@@ -62,7 +62,7 @@ class Report:
         )
 
 
-def _history(base: str) -> list[dict[str, Any]]:
+def _history(base: str, last_seq: int) -> list[dict[str, Any]]:
     """Every record a replica serves. A 503 right after a fault is retried for a while,
     as a client would; anything else fails the check."""
 
@@ -73,7 +73,7 @@ def _history(base: str) -> list[dict[str, Any]]:
                 if base.endswith("/messages"):
                     rows += all_messages(f"{base}/{channel}", channel)
                 else:
-                    rows += all_messages(base, channel)
+                    rows += all_messages(base, channel, last_seq)
         except AssertionError as exc:
             if " 503, " not in str(exc):
                 raise
@@ -125,7 +125,7 @@ def check(
     bases = [n.url for n in nodes] + ([archiver.url + "/messages"] if archiver else [])
     by_seq: dict[int, str] = {}
     for base in bases:
-        rows = _history(base)
+        rows = _history(base, last_seq)
         report.replicas_checked += 1
         ids = [r["id"] for r in rows]
         seen: set[str] = set()

@@ -7,6 +7,7 @@ on the same data. Nothing here fakes NATS or the log; everything listens on
 
 import asyncio
 import json
+import os
 import signal
 import urllib.error
 import urllib.request
@@ -23,6 +24,9 @@ from chatlog.roles import ADMIN, ARCHIVER, NODE, PUBLISHER
 from tests.faults.presence import NODE_ENV as PRESENCE_ENV
 from tests.faults.proxy import Proxies, Proxy
 from tests.support import SERVICE_ENV, STORE, auth, wait_until
+
+WORKERS = int(os.environ.get("CHAT_TEST_WORKERS", "1"))
+"""``--workers`` of every node (``nox -s faults_workers`` runs the suite with 2)."""
 
 
 class Cluster:
@@ -134,6 +138,8 @@ class Cluster:
             name,
             "--grace",
             "3",
+            "--workers",
+            str(WORKERS),
         ]
         node = Service(
             name,
@@ -179,16 +185,15 @@ class Cluster:
 
     def kill(self, service: Service) -> None:
         assert service.proc is not None
-        service.proc.send_signal(signal.SIGKILL)
+        os.killpg(service.proc.pid, signal.SIGKILL)  # with its workers, as a crash would
         service.proc.wait(10)
+        wait_until(lambda: not _group_alive(service.proc.pid), 10, f"{service.name}'s workers gone")
 
     def pause(self, service: Service | NatsServer) -> None:
-        assert service.proc is not None
-        service.proc.send_signal(signal.SIGSTOP)
+        _signal(service, signal.SIGSTOP)
 
     def resume(self, service: Service | NatsServer) -> None:
-        assert service.proc is not None
-        service.proc.send_signal(signal.SIGCONT)
+        _signal(service, signal.SIGCONT)
 
     def stream_leader(self) -> NatsServer:
         """The server that leads the CHAT stream now, from any live server's monitor."""
@@ -239,6 +244,23 @@ class Cluster:
         for server in self.servers:
             server.signal(signal.SIGCONT)
             server.kill()
+
+
+def _signal(service: Service | NatsServer, sig: int) -> None:
+    """A node with its workers (its own process group); a NATS server alone."""
+    assert service.proc is not None
+    if isinstance(service, Service):
+        os.killpg(service.proc.pid, sig)
+    else:
+        service.proc.send_signal(sig)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def monitor(server: NatsServer, path: str) -> Any:
