@@ -56,5 +56,7 @@ def drive(
     ]  # fmt: skip
     if via_nats is not None:
         args += ["-via", "nats", "-nats-url", via_nats[0], "-nkey", via_nats[1]]
-    done = subprocess.run(args, capture_output=True, text=True, check=True, timeout=600)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen exited {done.returncode}: {done.stderr.strip()[-300:]}")
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]

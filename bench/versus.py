@@ -30,6 +30,8 @@ def _best(steps: list[dict[str, Any]], clients: int, channels: int) -> tuple[flo
     for step in steps:
         per_s = step["rate"] * clients / channels
         notes.append(f"{per_s / 1000:,.0f}k: p99 {step['p99_ms']:.0f} ms")
+        if step.get("error"):
+            notes[-1] += f" (the server closed the sender: {step['error'][:60]})"
         if step["p99_ms"] <= 50 and step["delivered"] >= step["expected"]:
             best = step["delivered"] / SECONDS
     return best, ", ".join(notes)

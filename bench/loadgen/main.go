@@ -42,6 +42,7 @@ type step struct {
 	Max       float64 `json:"max_ms"`
 	CPU       float64 `json:"cpu_cores"`
 	NodesCPU  float64 `json:"nodes_cpu_cores"`
+	Error     string  `json:"error,omitempty"`
 }
 
 // processCPU is the CPU seconds (user + system) the processes have used so far.
@@ -200,13 +201,17 @@ func main() {
 		mu.Unlock()
 		delivered.Store(0)
 		total := int(rate * *seconds)
+		failed := ""
 		cpu0, nodes0, t0 := cpuSeconds(), processCPU(strings.Split(*pids, ",")), time.Now()
 		for k := 0; k < total; k++ {
 			due := t0.Add(time.Duration(float64(k) / rate * float64(time.Second)))
 			if wait := time.Until(due); wait > 0 {
 				time.Sleep(wait)
 			}
-			send(k, k%*channels, strconv.FormatInt(time.Now().UnixNano(), 10))
+			if err := send(k, k%*channels, strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
+				failed = err.Error() // the server gave up on the sender: this step is the limit
+				break
+			}
 		}
 		time.Sleep(time.Second) // the last sends' deliveries
 		elapsed := time.Since(t0).Seconds()
@@ -223,16 +228,17 @@ func main() {
 			Max:       quantile(sorted, 1),
 			CPU:       (cpuSeconds() - cpu0) / elapsed,
 			NodesCPU:  (processCPU(strings.Split(*pids, ",")) - nodes0) / elapsed,
+			Error:     failed,
 		}
 		_ = encoder.Encode(result)
-		if result.P99 > *stopAbove || result.Delivered < result.Expected {
+		if result.P99 > *stopAbove || result.Delivered < result.Expected || failed != "" {
 			break
 		}
 	}
 }
 
 // sendThroughNode sends as a user does, over a WebSocket of the first node.
-func sendThroughNode(node, token string, proto protocol, prefix string) func(int, int, string) {
+func sendThroughNode(node, token string, proto protocol, prefix string) func(int, int, string) error {
 	sender, err := dial(node, token, proto)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sender:", err)
@@ -245,18 +251,15 @@ func sendThroughNode(node, token string, proto protocol, prefix string) func(int
 			}
 		}
 	}()
-	return func(k, channel int, text string) {
+	return func(k, channel int, text string) error {
 		frame := proto.send(k, fmt.Sprintf("%s%d", prefix, channel), text)
-		if err := sender.WriteMessage(websocket.TextMessage, []byte(frame)); err != nil {
-			fmt.Fprintln(os.Stderr, "send:", err)
-			os.Exit(1)
-		}
+		return sender.WriteMessage(websocket.TextMessage, []byte(frame))
 	}
 }
 
 // publishToLog publishes on chat.<channel> with the publisher's nkey, as `nats pub`
 // does: the stream stores it (as chat.<channel>.raw) and every node delivers it.
-func publishToLog(url, seedFile, prefix string) func(int, int, string) {
+func publishToLog(url, seedFile, prefix string) func(int, int, string) error {
 	auth, err := nats.NkeyOptionFromSeed(seedFile)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "nkey:", err)
@@ -267,11 +270,8 @@ func publishToLog(url, seedFile, prefix string) func(int, int, string) {
 		fmt.Fprintln(os.Stderr, "nats:", err)
 		os.Exit(1)
 	}
-	return func(k, channel int, text string) {
-		if err := nc.Publish(fmt.Sprintf("chat.%s%d", prefix, channel), []byte(text)); err != nil {
-			fmt.Fprintln(os.Stderr, "publish:", err)
-			os.Exit(1)
-		}
+	return func(k, channel int, text string) error {
+		return nc.Publish(fmt.Sprintf("chat.%s%d", prefix, channel), []byte(text))
 	}
 }
 
