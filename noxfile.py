@@ -104,7 +104,8 @@ def faults_workers(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark suite (at most ~10 minutes); writes bench/results/latest.{json,md}."""
+    """The benchmark suite (about 30 minutes, Centrifugo built once and cached); writes
+    bench/results/latest.{json,md}."""
     install(session, "dev.lock")
     session.run("python", "-m", "bench.run", *session.posargs)
 

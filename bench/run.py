@@ -19,6 +19,20 @@ VERSUS = {"3c", "3d", "3e", "3f", "3g", "5"}
 """The figures with Centrifugo beside ours."""
 
 
+def _dated(kept: str, produced: set[str], now: str) -> str:
+    """The table's date line after a partial run: the full run's date, then when each
+    figure measured since was measured ("figures 3, 3b: <when>"), these ones now."""
+    base, _, rest = kept.partition(" (")
+    notes = []
+    for note in rest.rstrip(")").split("; ") if rest else []:
+        names, _, when = note.partition(": ")
+        left = [n for n in names.split(" ", 1)[-1].split(", ") if n not in produced]
+        if left and when:
+            notes.append(f"figure{'s' if len(left) > 1 else ''} {', '.join(left)}: {when}")
+    notes.append(f"figures {', '.join(sorted(produced))}: {now}")
+    return f"{base} ({'; '.join(notes)})"
+
+
 async def main(quick: bool, only: set[str] | None) -> None:
     raise_fd_limit()
     work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
@@ -143,8 +157,7 @@ async def main(quick: bool, only: set[str] | None) -> None:
         kept = json.loads((RESULTS / "latest.json").read_text())
         produced = {f.number for f in results} | only
         results = [Figure(**f) for f in kept["figures"] if f["number"] not in produced] + results
-        again = ", ".join(sorted(produced))
-        meta["date"] = f"{kept['machine']['date'].split(' (')[0]} (figures {again}: {meta['date']})"
+        meta["date"] = _dated(kept["machine"]["date"], produced, str(meta["date"]))
     print(write_results(results, meta))
 
 
