@@ -17,6 +17,8 @@ from bench.common import RESULTS, Figure, machine, raise_fd_limit, write_results
 
 VERSUS = {"3c", "3d", "3e", "3f", "3g", "5"}
 """The figures with Centrifugo beside ours."""
+RATES_10 = [100, 200, 300, 500, 700, 1000, 1500, 2000, 3000]
+"""Send rates of figures 3d and 3e (1,000 clients over 10 channels: x100 deliveries/s)."""
 
 
 def _dated(kept: str, produced: set[str], now: str) -> str:
@@ -92,29 +94,12 @@ async def main(quick: bool, only: set[str] | None) -> None:
         )
         await section(
             "delivery capacity, one node, 1,000 clients over 10 channels, vs Centrifugo",
-            versus.capacity(
-                work,
-                go,
-                cf,
-                1000 // scale,
-                10,
-                [100, 200, 300, 500, 700, 1000, 1500, 2000, 3000],
-                "3d",
-            ),
+            versus.capacity(work, go, cf, 1000 // scale, 10, RATES_10, "3d"),
             number="3d",
         )
         await section(
             "delivery capacity, one node with --workers 2, 1,000 clients over 10 channels",
-            versus.capacity(
-                work,
-                go,
-                cf,
-                1000 // scale,
-                10,
-                [100, 200, 300, 500, 700, 1000, 1500, 2000, 3000],
-                "3e",
-                workers=2,
-            ),
+            versus.capacity(work, go, cf, 1000 // scale, 10, RATES_10, "3e", workers=2),
             number="3e",
         )
         await section(

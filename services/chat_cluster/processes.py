@@ -49,7 +49,10 @@ def terminate(proc: "subprocess.Popen[bytes]", timeout: float) -> None:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """Nothing listens there (with SO_REUSEADDR: connections of a former life in
+    TIME_WAIT do not count; without SO_REUSEPORT: another node's workers do)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
@@ -64,20 +67,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_taken(host: str, port: int) -> bool:
-    """Bound without SO_REUSEPORT, this fails if anything listens there, including
-    another node's workers: two nodes must never share a port by accident. (With
-    SO_REUSEADDR: connections of a former life in TIME_WAIT do not count.)"""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
 def supervise(argv: list[str], count: int, host: str, port: int, env: Mapping[str, str]) -> int:
     """Run ``python -m chat_cluster <argv>`` ``count`` times as workers (``--workers``,
     servicekit.workers); return when all have exited: 0 if they were asked to stop and
@@ -85,7 +74,7 @@ def supervise(argv: list[str], count: int, host: str, port: int, env: Mapping[st
     own sockets with 1001), and stops the others when one dies: a node is whole or not
     running, and its orchestrator restarts it. Workers get SIGKILL if the supervisor
     dies: ``kill -9`` of the node is a crash of all of it, as with one process."""
-    if _port_taken(host, port):
+    if not port_free(port, host):  # two nodes must never share a port by accident
         print(f"chat-cluster: {host}:{port} is already in use", file=sys.stderr)
         return 2
     directory = Path(tempfile.mkdtemp(prefix="chat-workers-"))  # mode 0700
