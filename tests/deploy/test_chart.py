@@ -590,3 +590,29 @@ def test_our_containers_run_read_only_with_a_writable_tmp(
         mounts = {m["mountPath"]: m["name"] for m in box["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert "emptyDir" in volumes[mounts["/tmp"]]  # the image's HOME (deploy/Dockerfile)
+
+
+def test_the_image_runs_as_the_user_and_group_the_chart_asks_for(rendered: Release) -> None:
+    deployment = rendered.workload("Deployment", "chat")
+    pod = deployment["spec"]["template"]["spec"]["securityContext"]
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    # useradd --system alone gives the user a system group (gid 999 in a bookworm base),
+    # and the pod's runAsGroup would then name a group the image does not have.
+    assert f"--gid {pod['runAsGroup']}" in dockerfile
+    assert f"--uid {pod['runAsUser']}" in dockerfile
+    assert f"USER {pod['runAsUser']}:{pod['runAsGroup']}" in dockerfile
+
+
+def test_the_build_context_holds_only_what_the_image_copies() -> None:
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore  # everything out, then only what the Dockerfile COPYs back in
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text().splitlines()
+    copied = {
+        source.split("/")[0]
+        for line in dockerfile
+        if line.startswith("COPY ") and "--from=" not in line
+        for source in line.split()[1:-1]
+    }
+    assert copied and copied <= allowed, (copied, allowed)
+    assert "services/*.egg-info/" in ignore  # a stale egg-info would land in the image
