@@ -39,9 +39,15 @@ class Holders:
         while True:
             with contextlib.suppress(OSError, websockets.WebSocketException, TimeoutError):
                 async with websockets.connect(url, additional_headers=headers) as ws:
-                    await ws.send(json.dumps({"op": "join", "channel": CHANNEL}))
-                    async for _ in ws:  # whatever comes; until the node drops us
-                        pass
+                    join = json.dumps({"op": "join", "channel": CHANNEL})
+                    await ws.send(join)
+                    async for raw in ws:  # until the node drops us
+                        if json.loads(raw).get("op") == "error":
+                            # A node (or, with --workers, one of its workers) still
+                            # loading the log answers not_ready: join again, as the
+                            # clients do.
+                            await asyncio.sleep(0.2)
+                            await ws.send(join)
             await asyncio.sleep(0.2)  # reconnect pacing, not synchronisation
 
     async def stop(self) -> None:
@@ -61,10 +67,14 @@ async def converged(running: list[Service], held: list[Service]) -> float:
     want = {holder(n): 1 for n in held if n.name in alive}
     start = time.monotonic()
 
-    def agreed() -> bool:
-        return all(shown(node) == want for node in running)
+    last: dict[str, dict[str, int]] = {}
 
-    await until(
-        lambda: agreed(), CONVERGE_WITHIN, f"presence on every node is exactly {sorted(want)}"
-    )
+    def agreed() -> bool:
+        last.update({node.name: shown(node) for node in running})
+        return all(seen == want for seen in last.values())
+
+    try:
+        await until(agreed, CONVERGE_WITHIN, f"presence on every node is exactly {sorted(want)}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last shown: {last}") from None
     return time.monotonic() - start
