@@ -87,7 +87,9 @@ def supervise(argv: list[str], count: int, host: str, port: int, env: Mapping[st
         for proc in procs.values():
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(sig)
+                    # SIGINT as SIGTERM: workers ignore SIGINT, which a terminal's Ctrl-C
+                    # also sends them directly (a second one would skip their drain).
+                    proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)

@@ -6,6 +6,7 @@ second signal stops at once. Uvicorn alone would close WebSockets with 1012.
 """
 
 import asyncio
+import signal
 from collections.abc import Awaitable, Callable
 from types import FrameType
 
@@ -29,6 +30,8 @@ class _Server(uvicorn.Server):
         self._before_exit = before_exit
         self._grace = grace
         self._draining: asyncio.Task[None] | None = None
+        self.worker = False
+        """One of ``--workers``: SIGINT comes to it through the supervisor, as SIGTERM."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
@@ -40,6 +43,10 @@ class _Server(uvicorn.Server):
             sweep.cancel()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGINT and self.worker:
+            # A terminal's Ctrl-C reaches every process of the group; the supervisor
+            # sends its workers SIGTERM for it. Taken twice, it would skip the drain.
+            return
         if self._before_exit is None or self._loop is None or self._draining is not None:
             super().handle_exit(sig, frame)
             return
@@ -91,4 +98,5 @@ def run(
         ws_per_message_deflate=False,
     )
     server = _Server(config, before_exit, grace, guard)
+    server.worker = worker is not None
     server.run(sockets=worker.listeners(host, port) if worker is not None else None)

@@ -16,13 +16,10 @@ user) hold per worker.
 """
 
 import asyncio
-import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-log = logging.getLogger("servicekit.workers")
 
 WORKER_ENV = "CHAT_WORKER"
 """Set by the supervisor for each worker: ``index/count/directory``."""

@@ -182,3 +182,21 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_ctrl_c_on_the_terminal_drains_every_worker(procs: NodeProcs) -> None:
+    """A terminal's Ctrl-C sends SIGINT to the whole process group: the supervisor and
+    every worker. Workers ignore it and drain on the SIGTERM the supervisor sends them
+    for it: every socket closes with 1001 and the node exits 0."""
+    node = procs.node("wk", "--workers", "2", "--grace", "5")
+    url = node.url.replace("http", "ws") + "/ws"
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    sockets = [await websockets.connect(url, additional_headers=headers) for _ in range(8)]
+    assert node.proc is not None
+    os.killpg(node.proc.pid, signal.SIGINT)
+    for ws in sockets:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 15)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert await asyncio.to_thread(node.proc.wait, 30) == 0
