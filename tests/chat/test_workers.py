@@ -13,9 +13,20 @@ from pathlib import Path
 import pytest
 import websockets
 
+from chat.app import create_app
 from chat_cluster.local import Service
+from chat_cluster.natsserver import NatsServer
 from chat_cluster.processes import port_free
-from tests.support import ADMIN_TOKEN, NodeProcs, http, samples, until, wait_until
+from servicekit.workers import Worker
+from tests.support import (
+    ADMIN_TOKEN,
+    NodeProcs,
+    http,
+    node_settings,
+    samples,
+    until,
+    wait_until,
+)
 
 
 def workers_of(node: Service) -> list[int]:
@@ -147,21 +158,6 @@ def test_kill_9_of_the_node_kills_its_workers(procs: NodeProcs) -> None:
         wait_until(lambda pid=pid: not _alive(pid), 10, f"worker {pid} gone")  # type: ignore[misc]
 
 
-async def test_sigterm_closes_every_workers_sockets_with_1001(procs: NodeProcs) -> None:
-    node = procs.node("wk", "--workers", "2", "--grace", "5")
-    url = node.url.replace("http", "ws") + "/ws"
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    sockets = [await websockets.connect(url, additional_headers=headers) for _ in range(8)]
-    assert node.proc is not None
-    node.proc.send_signal(signal.SIGTERM)
-    for ws in sockets:
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            while True:
-                await asyncio.wait_for(ws.recv(), 15)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
-    assert await asyncio.to_thread(node.proc.wait, 30) == 0
-
-
 def test_a_second_node_on_the_same_port_is_refused(procs: NodeProcs) -> None:
     node = procs.node("wk", "--workers", "2")
     env = {**os.environ, **(node.env or {})}
@@ -184,19 +180,34 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-async def test_ctrl_c_on_the_terminal_drains_every_worker(procs: NodeProcs) -> None:
-    """A terminal's Ctrl-C sends SIGINT to the whole process group: the supervisor and
-    every worker. Workers ignore it and drain on the SIGTERM the supervisor sends them
-    for it: every socket closes with 1001 and the node exits 0."""
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["sigterm", "ctrl_c"])
+async def test_a_stop_drains_every_workers_sockets_with_1001(
+    procs: NodeProcs, ctrl_c: bool
+) -> None:
+    """SIGTERM to the supervisor, or a terminal's Ctrl-C (SIGINT to the whole process
+    group: workers ignore it and drain on the SIGTERM the supervisor sends them for it):
+    every socket of every worker closes with 1001 and the node exits 0."""
     node = procs.node("wk", "--workers", "2", "--grace", "5")
     url = node.url.replace("http", "ws") + "/ws"
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     sockets = [await websockets.connect(url, additional_headers=headers) for _ in range(8)]
     assert node.proc is not None
-    os.killpg(node.proc.pid, signal.SIGINT)
+    if ctrl_c:
+        os.killpg(node.proc.pid, signal.SIGINT)
+    else:
+        node.proc.send_signal(signal.SIGTERM)
     for ws in sockets:
         with pytest.raises(websockets.ConnectionClosed) as closed:
             while True:
                 await asyncio.wait_for(ws.recv(), 15)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
     assert await asyncio.to_thread(node.proc.wait, 30) == 0
+
+
+def test_only_the_first_worker_saves_snapshots(nats: NatsServer, tmp_path: Path) -> None:
+    """Every worker holds the whole log; one saver per node is enough."""
+    saves = {}
+    for index in (0, 1):
+        app = create_app(node_settings(nats), worker=Worker(index, 2, tmp_path))
+        saves[index] = app.state.node.saves_snapshots
+    assert saves == {0: True, 1: False}
