@@ -6,6 +6,7 @@ gets exactly the versions CI ran, nats-server binary included.
 """
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import nox
@@ -52,18 +53,23 @@ def build_helm(session: nox.Session) -> Path:
     return helm
 
 
-def ensure_shellcheck(session: nox.Session) -> str:
-    """shellcheck from Debian's package, installed when missing (CI runs as root)."""
-    found = shutil.which("shellcheck")
-    if found is None:
-        if shutil.which("apt-get") is None:
-            session.error("shellcheck is not installed and apt-get is not available")
-        apt = {"DEBIAN_FRONTEND": "noninteractive"}
-        session.run("apt-get", "update", "-qq", env=apt, external=True)
-        session.run("apt-get", "install", "-y", "-qq", "shellcheck", env=apt, external=True)
-        found = shutil.which("shellcheck")
-    assert found is not None
-    return found
+def apt_install(session: nox.Session, *packages: str) -> None:
+    """Debian packages, installed when missing (CI runs as root)."""
+    missing = [
+        package
+        for package in packages
+        if subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True
+        ).stdout
+        != "install ok installed"
+    ]
+    if not missing:
+        return
+    if shutil.which("apt-get") is None:
+        session.error(f"{', '.join(missing)} not installed, and apt-get is not here")
+    apt = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", env=apt, external=True)
+    session.run("apt-get", "install", "-y", "-qq", *missing, env=apt, external=True)
 
 
 @nox.session
@@ -126,7 +132,22 @@ def chart(session: nox.Session) -> None:
     ):
         session.run(helm, "lint", "--strict", chart_dir, *values, external=True)
     session.run("pytest", "tests/deploy", "-m", "chart", *session.posargs, env={"HELM": helm})
-    session.run(ensure_shellcheck(session), "--severity=style", *SCRIPTS, external=True)
+    apt_install(session, "shellcheck")
+    session.run("shellcheck", "--severity=style", *SCRIPTS, external=True)
+
+
+@nox.session
+def image(session: nox.Session) -> None:
+    """The images, built with podman from deploy/Dockerfile unchanged (stand-in bases made
+    with mmdebstrap where no registry serves its FROM images), and the chart's workloads
+    run as containers with their manifests' settings (tests/images). Podman and its tools
+    come from Debian."""
+    install(session, "dev.lock")
+    podman = ["podman", "runc", "uidmap", "slirp4netns", "fuse-overlayfs", "netavark"]
+    apt_install(session, *podman, "aardvark-dns", "mmdebstrap")
+    helm = str(build_helm(session))
+    session.run("python", "-m", "tests.images.build")
+    session.run("pytest", "tests/images", "-m", "image", *session.posargs, env={"HELM": helm})
 
 
 @nox.session
@@ -161,14 +182,7 @@ def browser(session: nox.Session) -> None:
     """The chat page in a real Chromium: Debian's chromium and chromedriver (installed
     when missing), Selenium from the lock file."""
     install(session, "browser.lock")
-    if shutil.which("chromedriver") is None or shutil.which("chromium") is None:
-        if shutil.which("apt-get") is None:
-            session.error("chromium and chromedriver are not installed, and apt-get is not here")
-        apt = {"DEBIAN_FRONTEND": "noninteractive"}
-        session.run("apt-get", "update", "-qq", env=apt, external=True)
-        session.run(
-            "apt-get", "install", "-y", "-qq", "chromium", "chromium-driver", env=apt, external=True
-        )
+    apt_install(session, "chromium", "chromium-driver")
     session.run("pytest", "tests/browser", "-m", "browser", *session.posargs)
 
 

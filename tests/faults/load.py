@@ -47,6 +47,7 @@ class Load:
         per_worker: int = 150,
         interval: float = 0.01,
         deadline: float = 120.0,
+        tag: str = "",
     ) -> None:
         self._nodes = nodes  # base URLs of the nodes to use now
         self._nats_urls = nats_urls.split(",")
@@ -54,6 +55,7 @@ class Load:
         self._per_worker = per_worker
         self._interval = interval
         self._deadline = time.monotonic() + deadline
+        self._tag = tag  # before every id: loads that share a log keep their ids apart
         self.attempts: dict[str, Attempt] = {}
         self._stop = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -76,7 +78,7 @@ class Load:
         return not self._stop and k < self._per_worker and time.monotonic() < self._deadline
 
     def _new(self, prefix: str, k: int, via: str) -> Attempt:
-        attempt = Attempt(f"{prefix}-{k}", random.choice(CHANNELS), via)
+        attempt = Attempt(f"{self._tag}{prefix}-{k}", random.choice(CHANNELS), via)
         self.attempts[attempt.id] = attempt
         return attempt
 
