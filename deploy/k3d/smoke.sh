@@ -39,7 +39,7 @@ AUTH="Authorization: Bearer ${TOKEN}"
 step "install"
 helm upgrade --install "${RELEASE}" "${ROOT}/deploy/helm/chat-cluster" \
   --namespace "${NAMESPACE}" -f "${HERE}/images.values.yaml" \
-  --set "auth.jwksSecret=${RELEASE}-jwks" --wait --timeout 10m
+  --set "auth.jwksSecret=${RELEASE}-jwks" --wait --wait-for-jobs --timeout 10m
 kubectl -n "${NAMESPACE}" rollout status "deployment/${RELEASE}-chat" --timeout 5m
 
 # The Secret with the NATS passwords: the chart's own, or nats.auth.existingSecret.

@@ -114,7 +114,7 @@ def size(quantity: str) -> int:
 
 
 CLIENTS = (("Deployment", "chat", NODE), ("Deployment", "archiver", ARCHIVER))
-JOB = ("Job", "ensure-stream", ADMIN)
+JOB = ("Job", "ensure-stream-1", ADMIN)  # helm template: revision 1
 
 
 def ours(env: dict[str, str]) -> dict[str, str]:
@@ -574,6 +574,21 @@ def test_ingress_routes_to_services_that_exist(rendered: "Release") -> None:
                 middleware = namespace_and_name.removeprefix(f"{NAMESPACE}-")
                 assert middlewares[middleware]["spec"]["stripPrefix"]["prefixes"] == [path["path"]]
     assert paths == {"/chat", "/archiver"}
+
+
+def test_the_stream_job_is_applied_with_the_release_not_after_it(rendered: Release) -> None:
+    """`helm install --wait` runs post-install hooks only once the Deployments are ready,
+    and chat pods are ready only once this Job has made the streams: as a hook, the
+    install would wait out its timeout (tests/images found it). One Job per revision,
+    since a Job's pod template cannot change on upgrade."""
+    for job in rendered.jobs():
+        assert "helm.sh/hook" not in job["metadata"].get("annotations", {}), job["metadata"]
+        assert job["metadata"]["name"] == f"{RELEASE}-ensure-stream-1"  # revision 1
+        assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    hooked = [
+        m for m in rendered.manifests if "helm.sh/hook" in m["metadata"].get("annotations", {})
+    ]
+    assert hooked == []
 
 
 def test_our_containers_run_read_only_with_a_writable_tmp(

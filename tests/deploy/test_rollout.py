@@ -134,7 +134,7 @@ async def test_rolling_update_as_the_chart_does_it(
     env = with_jwks(chat_pod, env_of(chat, secrets))
     archiver_pod = one(manifests, "Deployment", f"{RELEASE}-archiver")
     archiver_box = container(archiver_pod)
-    job_box = container(one(manifests, "Job", f"{RELEASE}-ensure-stream"))
+    job_box = container(one(manifests, "Job", f"{RELEASE}-ensure-stream-1"))
     job_env = env_of(job_box, secrets)
     passwords = secrets[_credentials_secret(chat)]
 

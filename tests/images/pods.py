@@ -9,15 +9,19 @@ its memory limit; and DNS names as the cluster's DNS would give them (the pod's 
 under a headless Service, and every Service that selects it, short and qualified).
 
 Probes are run from the host against the pod's IP, as the kubelet runs them from the
-node; stopping runs the preStop hook, then SIGTERM, then SIGKILL after the pod's
-termination grace period. What a cluster adds beyond this (scheduling, Service virtual IPs
-and port remapping, PVC provisioning, restarts by liveness) is not emulated.
+node, each when a test waits on it (not periodically); stopping runs the preStop hook,
+then SIGTERM, then SIGKILL after the pod's termination grace period. What a cluster adds
+beyond this (scheduling, Service virtual IPs and port remapping, endpoints that follow
+readiness, PVC provisioning, periodic probes and restarts by liveness) is not emulated: a
+Service here is a DNS name of every pod it selects, ready or not. A setting this module
+does not translate fails the test rather than being skipped.
 """
 
 import contextlib
 import json
 import os
 import secrets as random
+import shutil
 import socket
 import subprocess
 import time
@@ -31,7 +35,20 @@ from tests.images.podman import podman
 
 DOMAIN = "cluster.local"
 LABEL = "org.chat-cluster.test"
-"""On every container, network and volume a test makes; its value is the test's pid."""
+"""On every container, network and volume a test makes: the test process's pid and
+start time (a pid alone may be reused)."""
+
+
+def _process(pid: int) -> str:
+    """``pid-starttime`` of a live process; "" if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return f"{pid}-{stat.rsplit(')', 1)[1].split()[19]}"
+
+
+OWNER = _process(os.getpid())
 
 
 def _names(name: str, namespace: str) -> list[str]:
@@ -62,6 +79,8 @@ class Pod:
     container_name: str
     ip: str = ""
     stopped: bool = False
+    in_service: bool = False
+    """Seen ready by a test and not stopping: what a Service's endpoints would hold."""
     url: str = ""
     """http://ip:port of the container's first port (the checker reads nodes by url)."""
     log_lines: list[str] = field(default_factory=list)
@@ -108,7 +127,11 @@ class Pod:
             except OSError:
                 return False
         command = probe["exec"]["command"]
-        return podman("exec", self.container_name, *command, check=False).returncode == 0
+        try:
+            ran = podman("exec", self.container_name, *command, check=False, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return ran.returncode == 0
 
     def ready(self) -> bool:
         return not self.stopped and self.running() and self.probe("readinessProbe")
@@ -137,8 +160,10 @@ class Cluster:
         self.network = f"{self.prefix}-net"
         self.pods: list[Pod] = []
         self.volumes: list[str] = []
+        self.claims: dict[str, str] = {}
+        """Pod name -> its claim's volume (one claim per pod in this chart)."""
         sweep()
-        podman("network", "create", "--label", f"{LABEL}={os.getpid()}", self.network)
+        podman("network", "create", "--label", f"{LABEL}={OWNER}", self.network)
 
     def find(self, kind: str, name: str) -> Manifest:
         found = [m for m in self.manifests if m["kind"] == kind and m["metadata"]["name"] == name]
@@ -184,7 +209,9 @@ class Cluster:
                 path = here / item["path"]
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(data[item["key"]])
-                path.chmod(item.get("mode", mode if mode is not None else 0o644))
+                file_mode = item.get("mode", mode if mode is not None else 0o644)
+                # With fsGroup, the kubelet makes the files the group's, readable by it.
+                path.chmod(file_mode | (0o040 if fs_group is not None else 0))
                 os.chown(path, 0, fs_group if fs_group is not None else 0)
         here.chmod(0o755)
         return here
@@ -195,6 +222,7 @@ class Cluster:
         spec = workload["spec"]["template"]["spec"]
         assert len(spec["containers"]) == 1 and not spec.get("initContainers"), name
         box = spec["containers"][0]
+        assert not box.get("envFrom"), f"{name}: envFrom is not translated"
         pod_security = spec.get("securityContext", {})
         security = {**pod_security, **box.get("securityContext", {})}
         user, group = security.get("runAsUser"), security.get("runAsGroup")
@@ -204,7 +232,7 @@ class Cluster:
         fs_group = pod_security.get("fsGroup")
         container = f"{self.prefix}-{name}"
         args = ["run", "--detach", "--name", container, "--hostname", name]
-        args += ["--label", f"{LABEL}={os.getpid()}"]
+        args += ["--label", f"{LABEL}={OWNER}", "--http-proxy=false"]
         args += ["--network", self.network]
         args += [a for alias in self._aliases(workload, name) for a in ("--network-alias", alias)]
         args += ["--user", f"{user}:{group}"]
@@ -220,15 +248,15 @@ class Cluster:
             args += ["--security-opt", "no-new-privileges"]
         limit = box.get("resources", {}).get("limits", {}).get("memory")
         if limit:
-            args += ["--memory", _memory(str(limit))]
+            args += ["--memory", _memory(str(limit)), "--memory-swap", _memory(str(limit))]
         grace = int(spec.get("terminationGracePeriodSeconds", 30))
         args += ["--stop-timeout", str(grace)]
         # Secrets travel in a 0600 file, never on a command line.
         env_file = self.workdir / f"{name}.env"
         env = env_of(box, self.secrets, name)
         assert all("\n" not in v for v in env.values()), f"{name}: a multi-line env value"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-        env_file.chmod(0o600)
+        with os.fdopen(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write("".join(f"{k}={v}\n" for k, v in env.items()))
         args += ["--env-file", str(env_file)]
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for mount in box.get("volumeMounts", []):
@@ -239,25 +267,37 @@ class Cluster:
                 assert mount["name"] in claims, f"{name}: no volume {mount['name']!r}"
                 claim = f"{self.prefix}-{mount['name']}-{name}"
                 if claim not in self.volumes:
-                    podman("volume", "create", "--label", f"{LABEL}={os.getpid()}", claim)
-                    self.volumes.append(claim)
-                # U: owned by the pod's user, as fsGroup makes a fresh claim writable.
-                args += ["--volume", f"{claim}:{target}:U"]
+                    self._claim(claim, fs_group)
+                self.claims[name] = claim
+                args += ["--volume", f"{claim}:{target}"]
             elif "emptyDir" in volume:
-                args += ["--mount", f"type=tmpfs,destination={target},tmpfs-mode=1777"]
+                args += ["--mount", f"type=tmpfs,destination={target},tmpfs-mode=777"]
             else:
                 source = self._files(name, volume, fs_group)
                 args += ["--volume", f"{source}:{target}:ro"]
         if "command" in box:
             args += ["--entrypoint", json.dumps(box["command"])]
         args += [image or box["image"], *box.get("args", [])]
-        podman(*args)
         pod = Pod(name, workload, container)
+        self.pods.append(pod)  # before anything can fail: close() removes it
+        podman(*args)
         pod.ip = self._ip(container)
         ports = box.get("ports", [])
         pod.url = f"http://{pod.ip}:{ports[0]['containerPort']}" if ports else ""
-        self.pods.append(pod)
         return pod
+
+    def _claim(self, claim: str, fs_group: int | None) -> None:
+        """A fresh volume, as a provisioner makes it and the kubelet hands it to a pod
+        with fsGroup: root's, the group's with setgid, writable by the group."""
+        podman("volume", "create", "--label", f"{LABEL}={OWNER}", claim)
+        self.volumes.append(claim)
+        if fs_group is not None:
+            root = Path(self.mountpoint(claim))
+            os.chown(root, 0, fs_group)
+            root.chmod(0o2775)
+
+    def mountpoint(self, claim: str) -> str:
+        return podman("volume", "inspect", "--format", "{{.Mountpoint}}", claim).stdout.strip()
 
     def _ip(self, container: str) -> str:
         template = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
@@ -268,10 +308,12 @@ class Cluster:
     def stop(self, pod: Pod) -> None:
         """As the kubelet stops a pod: the preStop hook (in the container), then SIGTERM,
         then SIGKILL once the grace period (counted from the start of the hook) ends."""
-        pod.stopped = True
+        pod.stopped, pod.in_service = True, False
         started = time.monotonic()
         grace = int(pod.spec.get("terminationGracePeriodSeconds", 30))
-        hook = pod.box.get("lifecycle", {}).get("preStop", {}).get("exec")
+        pre_stop = pod.box.get("lifecycle", {}).get("preStop", {})
+        assert set(pre_stop) <= {"exec"}, f"{pod.name}: preStop {pre_stop} is not translated"
+        hook = pre_stop.get("exec")
         if hook is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 podman("exec", pod.container_name, *hook["command"], check=False, timeout=grace)
@@ -280,9 +322,11 @@ class Cluster:
         pod.log_lines = pod.logs().splitlines()
         podman("rm", "--force", pod.container_name, check=False)
 
-    def run_job(self, job: Manifest, timeout: float) -> tuple[int, str]:
+    def start_job(self, job: Manifest) -> Pod:
+        return self.start(job, f"{job['metadata']['name']}-{random.token_hex(3)}")
+
+    def finish_job(self, pod: Pod, timeout: float) -> tuple[int, str]:
         """A Job's pod to completion: (exit code, its output)."""
-        pod = self.start(job, f"{job['metadata']['name']}-{random.token_hex(3)}")
         waited = podman("wait", pod.container_name, timeout=timeout)
         logs = pod.logs()
         podman("rm", "--force", pod.container_name, check=False)
@@ -296,6 +340,8 @@ class Cluster:
         if self.volumes:
             podman("volume", "rm", "--force", *self.volumes, check=False)
         podman("network", "rm", "--force", self.network, check=False)
+        # The env files and mounted Secrets hold every NATS password: gone with the pods.
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def sweep() -> None:
@@ -310,6 +356,7 @@ def sweep() -> None:
         out = podman(*listing, "--filter", f"label={LABEL}", check=False).stdout
         for line in out.splitlines():
             name, _, labels = line.partition(" ")
-            pid = labels.split(f"{LABEL}:", 1)[-1].split()[0].rstrip("]")
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            owner = labels.split(f"{LABEL}:", 1)[-1].split()[0].rstrip("]")
+            pid = owner.split("-")[0]
+            if pid.isdigit() and _process(int(pid)) != owner:
                 podman(kind, "rm", "--force", name, check=False, timeout=120)

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import json
 import random
+import re
 import socket
 import time
 import urllib.request
@@ -85,7 +86,8 @@ class Release:
         return pod
 
     def serving(self) -> list[str]:
-        return [pod.url for pod in self.chat if not pod.stopped]
+        """The chat Service's endpoints: pods seen ready and not stopping."""
+        return [pod.url for pod in self.chat if pod.in_service]
 
 
 def values_file(path: Path) -> Path:
@@ -103,33 +105,52 @@ def values_file(path: Path) -> Path:
 
 
 def wait_ready(pods: list[Pod], timeout: float) -> None:
+    """Each pod ready (its startup probe first, as the kubelet runs them), then in
+    service; on a timeout, the pod's output says why."""
+    deadline = time.monotonic() + timeout
     for pod in pods:
-        # A startup probe gates the others, as the kubelet runs them.
-        wait_until(lambda p=pod: p.probe("startupProbe"), timeout, f"{pod.name} started")
-        wait_until(pod.ready, timeout, f"{pod.name} ready:\n{pod.logs()[-3000:]}")
+        while not (pod.probe("startupProbe") and pod.ready()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pod.name} not ready in {timeout}s:\n{pod.logs()[-3000:]}")
+            time.sleep(0.2)
+        pod.in_service = True
+
+
+def hooks(manifests: list[Manifest], event: str) -> list[Manifest]:
+    return [
+        m
+        for m in manifests
+        if event in m["metadata"].get("annotations", {}).get("helm.sh/hook", "").split(",")
+    ]
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+    """Installed as `helm install --wait` installs: every resource that is not a hook at
+    once (the NATS pods in parallel, as podManagementPolicy Parallel has them, the
+    Deployments' pods, the Jobs), then a wait for the workloads to be ready, then the
+    post-install hooks. A chart whose pods wait for a hook would time out here."""
     workdir = tmp_path_factory.mktemp("release")
     manifests = render(values_file(workdir / "values.yaml"))
     cluster = Cluster(manifests, secrets_of(manifests, given("default")), workdir)
     running = Release(cluster)
     try:
-        # podManagementPolicy Parallel: all three together; routes need each other.
+        hooked = hooks(manifests, "post-install")
+        jobs = [cluster.start_job(m) for m in manifests if m["kind"] == "Job" and m not in hooked]
         for i in range(NATS_PODS):
             running.start_nats(f"{RELEASE}-nats-{i}")
-        wait_ready(list(running.nats.values()), 120)
-        # The post-install hook Job, as admin: creates both streams, then exits 0.
-        job = running.workload("Job", "ensure-stream")
-        code, output = cluster.run_job(job, timeout=360)
-        assert code == 0, output
         for _ in range(CHAT_PODS):
             running.start_chat()
         running.archiver = cluster.start(
             running.workload("Deployment", "archiver"), f"{RELEASE}-archiver-1"
         )
-        wait_ready([*running.chat, running.archiver], 120)
+        wait_ready([*running.nats.values(), *running.chat, running.archiver], 180)
+        for hook in hooked:
+            jobs.append(cluster.start_job(hook))
+        assert [j.name.rsplit("-", 1)[0] for j in jobs] == [f"{RELEASE}-ensure-stream-1"]
+        for job in jobs:  # the Job as admin: created both streams, then exited 0
+            code, output = cluster.finish_job(job, timeout=60)
+            assert code == 0, output
         yield running
     finally:
         cluster.close()
@@ -144,33 +165,55 @@ def test_both_targets_run_as_the_chart_runs_them() -> None:
         assert config["Entrypoint"] == ["chat-cluster"] and config["Cmd"] == [command], config
         ids = podman("run", "--rm", "--entrypoint", "id", image).stdout.split()
         assert ids[:2] == ["uid=10001(chat)", "gid=10001(chat)"], ids
-        site = "/opt/chat-cluster/lib/python3*/site-packages"
-        listing = f"ls -d {site}/tests {site}/*.egg-info /src /opt/chat-cluster/.git 2>/dev/null"
-        leaked = podman("run", "--rm", "--entrypoint", "sh", image, "-c", f"{listing}; true")
-        assert leaked.stdout.split() == [], f"in the image: {leaked.stdout}"
+        site = "/opt/chat-cluster/lib/python3.11/site-packages"
+        look = f"cd {site} && ls -d chat tests *.egg-info /src /opt/chat-cluster/.git 2>/dev/null"
+        found = podman("run", "--rm", "--entrypoint", "sh", image, "-c", f"{look}; true")
+        assert found.stdout.split() == ["chat"], f"in {image}: {found.stdout}"
         version = podman("run", "--rm", "--entrypoint", "nats", image, "--version").stdout
         assert version.strip() == "v0.5.0", version
     bases = podman("images", "--format", "{{.Repository}}:{{.Tag}} {{.Labels}}").stdout
     print("\n".join(line for line in bases.splitlines() if STAND_IN_LABEL in line))
 
 
+def kernel_view(pod: Pod) -> tuple[dict[str, str], str]:
+    """The pod's main process as the kernel sees it: /proc/<pid>/status fields, and the
+    mount options of its root filesystem."""
+    pid = podman("inspect", "--format", "{{.State.Pid}}", pod.container_name).stdout.strip()
+    status = dict(
+        line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    root = next(
+        line.split()[5]
+        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+        if line.split()[4] == "/"
+    )
+    return status, root
+
+
 def test_pods_run_with_the_manifests_security_settings(release: Release) -> None:
+    """Read from the kernel, not from podman's configuration: each pod's process runs as
+    its manifest's user and group (with fsGroup), with no capabilities, no new
+    privileges, and a read-only root filesystem where the manifest asks for one."""
+    assert release.archiver is not None
     pods = [*release.nats.values(), *release.chat, release.archiver]
     for pod in pods:
-        assert pod is not None
-        spec = podman("inspect", pod.container_name).stdout
-        config = json.loads(spec)[0]
-        security = pod.spec["securityContext"]
-        assert config["Config"]["User"] == f"{security['runAsUser']}:{security['runAsGroup']}"
-        host = config["HostConfig"]
-        assert host["ReadonlyRootfs"] is True, pod.name
-        assert host["CapDrop"] and not host["CapAdd"], pod.name
-        assert "no-new-privileges" in host["SecurityOpt"], pod.name
-        # The root filesystem really is read-only, and nothing runs as root.
-        if pod in release.chat:
-            wrote = pod.exec("sh", "-c", "touch /opt/x; id -u; touch /tmp/ok && echo tmp-ok")
-            assert "Read-only file system" in wrote.stderr, wrote
-            assert wrote.stdout.split() == [str(security["runAsUser"]), "tmp-ok"], wrote
+        security = {**pod.spec["securityContext"], **pod.box["securityContext"]}
+        status, root = kernel_view(pod)
+        user, group = str(security["runAsUser"]), str(security["runAsGroup"])
+        assert status["Uid"].split() == [user] * 4, (pod.name, status["Uid"])
+        assert status["Gid"].split() == [group] * 4, (pod.name, status["Gid"])
+        assert str(security["fsGroup"]) in status["Groups"].split(), (pod.name, status)
+        assert security["capabilities"]["drop"] == ["ALL"]
+        assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == 0, (pod.name, status)
+        assert int(status["CapBnd"], 16) == 0, (pod.name, status["CapBnd"])
+        assert security["allowPrivilegeEscalation"] is False and status["NoNewPrivs"] == "1"
+        assert security["readOnlyRootFilesystem"] is True
+        assert "ro" in root.split(","), (pod.name, root)
+        assert status["Seccomp"] == "2", (pod.name, "RuntimeDefault: a seccomp filter")
+    for pod in (*release.chat, release.archiver):  # the NATS image has no shell
+        wrote = pod.exec("sh", "-c", "touch /opt/x; touch /tmp/ok && echo tmp-ok")
+        assert "Read-only file system" in wrote.stderr, wrote
+        assert wrote.stdout.split() == ["tmp-ok"], wrote  # the emptyDir is writable
     # Every liveness probe passes on the running pods.
     assert all(p is not None and p.probe("livenessProbe") for p in pods)
     # The NATS servers found each other by their DNS names: one cluster of three.
@@ -264,6 +307,7 @@ def roll(
             if status == 200:
                 assert body["applied"] >= floor, (new.name, body, floor)
                 applied.append(body["applied"])
+                new.in_service = True
                 break
             assert time.monotonic() < deadline, f"{new.name} never ready:\n{new.logs()[-3000:]}"
             time.sleep(0.1)
@@ -284,7 +328,7 @@ class Traffic:
             "",
             per_worker=4000,
             interval=0.05,
-            deadline=150,
+            deadline=300,
             tag=tag,
         )
 
@@ -338,18 +382,28 @@ async def test_a_rolling_replacement_under_load_loses_nothing(release: Release) 
     await traffic.check("image_rollout", rolled_at)
 
 
-def jsz(pod: Pod) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{pod.ip}:8222/jsz?streams=true", timeout=5) as resp:
-        found: dict[str, Any] = json.load(resp)
-    return found
-
-
-def chat_last_seq(pod: Pod) -> int:
-    for account in jsz(pod).get("account_details", []):
+def stream_state(pod: Pod) -> tuple[int, int, int, int] | None:
+    """The CHAT stream on this server, from its monitoring port: (first seq, last seq,
+    messages, bytes); None while the server does not answer."""
+    url = f"http://{pod.ip}:8222/jsz?streams=true"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            found: dict[str, Any] = json.load(resp)
+    except OSError:
+        return None
+    for account in found.get("account_details", []):
         for stream in account.get("stream_detail", []):
             if stream["name"] == STREAM_NAME:
-                return int(stream["state"]["last_seq"])
-    return -1
+                state = stream["state"]
+                return state["first_seq"], state["last_seq"], state["messages"], state["bytes"]
+    return None
+
+
+def log_bytes(claim: str, release: Release) -> int:
+    """Bytes of the CHAT stream's message blocks in a NATS pod's volume."""
+    volume = Path(release.cluster.mountpoint(claim))
+    blocks = volume.glob(f"jetstream/*/streams/{STREAM_NAME}/msgs/*.blk")
+    return sum(block.stat().st_size for block in blocks)
 
 
 async def test_a_nats_pod_restart_under_load_loses_nothing(release: Release) -> None:
@@ -362,6 +416,9 @@ async def test_a_nats_pod_restart_under_load_loses_nothing(release: Release) -> 
         await asyncio.to_thread(release.cluster.stop, old)
         stopped_in = time.monotonic() - stopping
         await traffic.more(30, "sends with a server down")
+        # The container is gone; its claim is not, and holds the server's copy of the log.
+        held = await asyncio.to_thread(log_bytes, release.cluster.claims[name], release)
+        assert held > 0, "the stopped server's volume holds no message blocks"
         restarted = release.start_nats(name)
         await asyncio.to_thread(wait_ready, [restarted], 120)
         healed_at = time.monotonic()
@@ -370,12 +427,16 @@ async def test_a_nats_pod_restart_under_load_loses_nothing(release: Release) -> 
     print(f"{name} stopped in {stopped_in:.1f}s:", *said, sep="\n")
     # The preStop hook reached the server (the pid file, the signal): it went lame duck.
     assert any("entering lame duck mode" in line.lower() for line in said), old.log_lines[-20:]
+    # It started from that copy: it restored the stream's messages from its volume.
+    pattern = rf"Restored ([\d,]+) messages for stream '[^']*> {STREAM_NAME}'"
+    restored = re.findall(pattern, restarted.logs())
+    assert restored and int(restored[0].replace(",", "")) > 0, restarted.logs()[-3000:]
     await traffic.check("image_nats_restart", healed_at)
     # The restarted server's replica of the log caught up with the others'.
     last = traffic.max_acked()
     await asyncio.to_thread(
         wait_until,
-        lambda: {chat_last_seq(p) for p in release.nats.values()} == {last},
+        lambda: {(stream_state(p) or (0, 0))[1] for p in release.nats.values()} == {last},
         60,
         "every server's replica of the log at the last seq",
     )
@@ -400,7 +461,8 @@ async def test_no_credential_less_access_from_outside(release: Release) -> None:
     credentials or with a wrong password, and a route without the route password; the
     node's password cannot delete, purge or change the log; the chat pods and the
     archiver refuse requests without a valid token."""
-    before = {pod.name: chat_last_seq(pod) for pod in release.nats.values()}
+    before = {pod.name: stream_state(pod) for pod in release.nats.values()}
+    assert None not in before.values(), before
     for pod in release.nats.values():
         for port, credentials in (
             (4222, {}),
@@ -437,7 +499,8 @@ async def test_no_credential_less_access_from_outside(release: Release) -> None:
     finally:
         await nc.close()
     assert all("permissions violation" in e.lower() for e in errors), errors
-    assert {pod.name: chat_last_seq(pod) for pod in release.nats.values()} == before
+    # Nothing deleted, purged or added: first and last seq, count and bytes as before.
+    assert {pod.name: stream_state(pod) for pod in release.nats.values()} == before
 
     forged = token("mallory", read=["*"], send=["*"])  # the tests' key: a valid token
     tampered = forged[:-4] + ("AAAA" if not forged.endswith("AAAA") else "BBBB")
@@ -455,5 +518,8 @@ def test_the_archiver_target_runs_the_archiver_by_default(release: Release) -> N
     del workload["spec"]["template"]["spec"]["containers"][0]["command"]
     pod = release.cluster.start(workload, f"{RELEASE}-archiver-image", image=ARCHIVER_IMAGE)
     wait_ready([pod], 60)
-    status, body = http("GET", f"{pod.url}/messages/{random.choice(CHANNELS)}")
-    assert status == 200 and "messages" in body, body
+    try:
+        status, body = http("GET", f"{pod.url}/messages/{random.choice(CHANNELS)}")
+        assert status == 200 and "messages" in body, body
+    finally:
+        release.cluster.stop(pod)
