@@ -127,6 +127,10 @@ class Connection:
         except (*NATS_DOWN, nats.errors.Error, TimeoutError) as exc:
             urls = ",".join(settings.nats_urls)
             said = f" ({errors[-1]})" if errors else ""
+            if any("authorization violation" in e.lower() for e in errors):
+                # No wait makes NATS know these credentials: a one-shot command stops now
+                # (a service retries for ever, saying so, as with NATS down).
+                raise Forbidden(f"NATS at {urls} refused the credentials{said}") from exc
             raise LogUnavailable(f"cannot connect to NATS at {urls}: {exc!r}{said}") from exc
         # ...and unbounded once connected: a running service never gives up on NATS.
         nc.options["max_reconnect_attempts"] = -1

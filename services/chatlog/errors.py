@@ -67,7 +67,8 @@ class LogFull(LogRejected):
 
 
 class Forbidden(LogRejected):
-    """NATS refused this service's credentials the operation (permissions violation)."""
+    """NATS refused this service's credentials: the connection (authorization violation)
+    or the operation (permissions violation)."""
 
     code = "nats_forbidden"
 

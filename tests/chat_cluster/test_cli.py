@@ -8,6 +8,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+import nkeys
 import pytest
 
 import options
@@ -125,6 +126,20 @@ def test_ensure_stream_creates_checks_and_names_a_conflict(bare_nats: NatsServer
     conflict = cli("ensure-stream", env={**env, "MAX_TEXT_BYTES": "100"})
     assert conflict.returncode == 1
     assert "chat_cluster.max_text" in conflict.stderr and "'4096'" in conflict.stderr
+
+
+def test_ensure_stream_stops_at_once_on_credentials_nats_refuses(
+    bare_nats: NatsServer, tmp_path: Path
+) -> None:
+    """A key NATS does not know is not a NATS that is down: no retrying until the deadline
+    (300 s in the chart's Job), but the refusal, named."""
+    stranger = tmp_path / "stranger.nk"
+    stranger.write_bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+    env = {"NATS_URL": bare_nats.config.url, "NATS_CREDS": str(stranger)}
+    out = cli("ensure-stream", "--timeout", "600", env=env, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "refused the credentials" in out.stderr and "Authorization Violation" in out.stderr
+    assert "gave up" not in out.stderr, out.stderr
 
 
 def test_ensure_stream_gives_up_after_its_timeout() -> None:

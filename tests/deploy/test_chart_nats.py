@@ -288,19 +288,20 @@ def _tls_context(chart: ChartNats) -> ssl.SSLContext:
 
 
 def hello(
-    server: Server, context: ssl.SSLContext | None, user: str | None, password: str | None
+    address: tuple[str, int],
+    context: ssl.SSLContext | None,
+    user: str | None,
+    password: str | None,
 ) -> tuple[dict[str, Any], str]:
     """The NATS handshake by hand: INFO, TLS if asked, CONNECT with these credentials,
     PING. Returns the INFO and the server's answer: PONG when it let us in, else its
     -ERR (or nothing, when it just closed the connection)."""
     with contextlib.ExitStack() as stack:
-        conn: socket.socket = stack.enter_context(
-            socket.create_connection(("127.0.0.1", server.client), timeout=5)
-        )
+        conn: socket.socket = stack.enter_context(socket.create_connection(address, timeout=5))
         reader = stack.enter_context(conn.makefile("rb"))
         info: dict[str, Any] = json.loads(reader.readline().decode().removeprefix("INFO "))
         if context is not None:
-            conn = stack.enter_context(context.wrap_socket(conn, server_hostname="127.0.0.1"))
+            conn = stack.enter_context(context.wrap_socket(conn, server_hostname=address[0]))
             reader = stack.enter_context(conn.makefile("rb"))
         connect: dict[str, Any] = {"verbose": False, "pedantic": False, "protocol": 1}
         if user is not None:
@@ -321,7 +322,7 @@ async def test_only_the_charts_users_get_in_each_with_its_own_password(
     passwords = chart_nats.passwords()
 
     def answer(user: str | None, password: str | None) -> str:
-        return hello(server, context, user, password)[1]
+        return hello(("127.0.0.1", server.client), context, user, password)[1]
 
     assert "Authorization Violation" in answer(None, None)  # no anonymous access
     for role in ROLES:
@@ -333,14 +334,14 @@ async def test_only_the_charts_users_get_in_each_with_its_own_password(
     assert "Authorization Violation" in answer("route", passwords["route"])
     if chart_nats.tls:
         # TLS is required: the right user and password over plain TCP get nowhere
-        info, plain = hello(server, None, NODE, passwords[NODE])
+        info, plain = hello(("127.0.0.1", server.client), None, NODE, passwords[NODE])
         assert info["tls_required"] is True
         assert plain != "PONG", plain
         assert context is not None
         if values_of(chart_nats.values)["nats"]["tls"]["verifyClients"]:
             # ...and a client certificate signed by the chart's CA
             ca_only = ssl.create_default_context(cafile=context_ca(chart_nats))
-            assert hello(server, ca_only, NODE, passwords[NODE])[1] != "PONG"
+            assert hello(("127.0.0.1", server.client), ca_only, NODE, passwords[NODE])[1] != "PONG"
 
 
 async def _ensure_streams(chart: ChartNats) -> dict[str, str]:

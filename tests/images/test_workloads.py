@@ -11,7 +11,6 @@ import copy
 import json
 import random
 import re
-import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from nats.errors import TimeoutError as NoAnswer
 from chatlog.names import STREAM_NAME
 from chatlog.roles import NODE, PUBLISHER, inbox_prefix
 from tests.deploy.chart import JWKS_SECRET, RELEASE, Manifest, given, render, secrets_of
+from tests.deploy.test_chart_nats import hello
 from tests.faults.checker import check
 from tests.faults.load import CHANNELS, Attempt, Load
 from tests.images.build import ARCHIVER_IMAGE, CHAT_IMAGE, STAND_IN_LABEL, nats_image
@@ -442,20 +442,6 @@ async def test_a_nats_pod_restart_under_load_loses_nothing(release: Release) -> 
     )
 
 
-def connect_raw(ip: str, port: int, credentials: dict[str, str]) -> bytes:
-    """NATS's wire protocol by hand, as the least client would speak it: CONNECT, then
-    PING; what the server answered until it closed the connection (or 5 s)."""
-    connect = {"verbose": False, "pedantic": False, "name": "outsider", **credentials}
-    answer = b""
-    with socket.create_connection((ip, port), timeout=5) as sock:
-        with contextlib.suppress(TimeoutError):
-            answer += sock.recv(4096)  # INFO
-            sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
-            while chunk := sock.recv(4096):
-                answer += chunk
-    return answer
-
-
 async def test_no_credential_less_access_from_outside(release: Release) -> None:
     """From the host, outside the pods' network: every NATS pod refuses a client without
     credentials or with a wrong password, and a route without the route password; the
@@ -465,15 +451,14 @@ async def test_no_credential_less_access_from_outside(release: Release) -> None:
     assert None not in before.values(), before
     for pod in release.nats.values():
         for port, credentials in (
-            (4222, {}),
-            (4222, {"user": NODE, "pass": "not-the-password"}),
-            (4222, {"user": "route", "pass": release.password(NODE)}),
-            (6222, {}),  # a route without the route password
-            (6222, {"user": "route", "pass": release.password(NODE)}),
+            (4222, (None, None)),
+            (4222, (NODE, "not-the-password")),
+            (4222, ("route", release.password(NODE))),
+            (6222, (None, None)),  # a route without the route password
+            (6222, ("route", release.password(NODE))),
         ):
-            answer = connect_raw(pod.ip, port, credentials)
-            assert b"-ERR 'Authorization Violation'" in answer, (pod.name, port, answer)
-            assert b"PONG" not in answer, (pod.name, port, answer)
+            _, answer = hello((pod.ip, port), None, *credentials)
+            assert "Authorization Violation" in answer, (pod.name, port, answer)
 
     errors: list[str] = []
 
@@ -523,3 +508,18 @@ def test_the_archiver_target_runs_the_archiver_by_default(release: Release) -> N
         assert status == 200 and "messages" in body, body
     finally:
         release.cluster.stop(pod)
+
+
+def test_a_wrong_password_fails_the_job_naming_the_refusal(release: Release) -> None:
+    """The ensure-stream Job's pod with a password NATS does not know: it fails at once
+    (not after its 300 s deadline of retrying), and its output names the refusal."""
+    job = copy.deepcopy(release.workload("Job", "ensure-stream-1"))
+    box = job["spec"]["template"]["spec"]["containers"][0]
+    wrong = {"name": "NATS_PASSWORD", "value": "not-the-password"}
+    box["env"] = [wrong if e["name"] == wrong["name"] else e for e in box["env"]]
+    assert box["command"][-2:] == ["--timeout", "300"]
+    code, output = release.cluster.finish_job(release.cluster.start_job(job), timeout=120)
+    print(output[-600:])
+    assert code == 1, output
+    assert "refused the credentials" in output and "Authorization Violation" in output, output
+    assert "gave up" not in output, output
