@@ -230,6 +230,8 @@ class Cluster:
         if security.get("runAsNonRoot"):
             assert int(user) != 0, f"{name}: runAsNonRoot with runAsUser 0"
         fs_group = pod_security.get("fsGroup")
+        seccomp = security.get("seccompProfile", {}).get("type", "RuntimeDefault")
+        assert seccomp == "RuntimeDefault", f"{name}: seccomp {seccomp} is not translated"
         container = f"{self.prefix}-{name}"
         args = ["run", "--detach", "--name", container, "--hostname", name]
         args += ["--label", f"{LABEL}={OWNER}", "--http-proxy=false"]
