@@ -58,10 +58,6 @@ class Release:
         self.attempts: dict[str, Attempt] = {}
         """Every load's sends in this release: each check covers all of them."""
 
-    @property
-    def manifests(self) -> list[Manifest]:
-        return self.cluster.manifests
-
     def workload(self, kind: str, name: str) -> Manifest:
         return self.cluster.find(kind, f"{RELEASE}-{name}")
 
@@ -282,15 +278,13 @@ def test_the_kubernetes_walkthrough(release: Release) -> None:
     )
     assert status == 201, body
 
-    roll(release, release.cluster)  # kubectl rollout restart
+    roll(release)  # kubectl rollout restart
     for chat in release.chat:
         texts = [m["text"] for m in all_messages(chat.url, "default-channel")]
         assert text in texts and f"{text} via REST" in texts, chat.name
 
 
-def roll(
-    release: Release, cluster: Cluster, max_acked: Callable[[], int] | None = None
-) -> list[int]:
+def roll(release: Release, max_acked: Callable[[], int] | None = None) -> list[int]:
     """A RollingUpdate with maxSurge 1, maxUnavailable 0: a new pod, ready, then an old one
     goes (preStop, SIGTERM). Returns each new pod's applied seq when it first said ready;
     with ``max_acked``, checks that by then it held every message acknowledged before it
@@ -311,7 +305,7 @@ def roll(
                 break
             assert time.monotonic() < deadline, f"{new.name} never ready:\n{new.logs()[-3000:]}"
             time.sleep(0.1)
-        cluster.stop(old)
+        release.cluster.stop(old)
         release.chat.remove(old)
     return applied
 
@@ -374,7 +368,7 @@ class Traffic:
 async def test_a_rolling_replacement_under_load_loses_nothing(release: Release) -> None:
     async with Traffic(release, "roll-") as traffic:
         started = time.monotonic()
-        applied = await asyncio.to_thread(roll, release, release.cluster, traffic.max_acked)
+        applied = await asyncio.to_thread(roll, release, traffic.max_acked)
         rolled_at = time.monotonic()
         await traffic.more(30, "sends after the roll")
     during = [a for a in traffic.load.attempts.values() if started <= a.acked_at <= rolled_at]
