@@ -14,10 +14,12 @@ import pytest
 import options
 from archiver.settings import ArchiverSettings
 from chat.settings import NodeSettings
+from chat_cluster.local import Service
 from chat_cluster.natsserver import MIN_VERSION, NatsServer, ServerConfig
+from chat_cluster.processes import free_port
 from chat_cluster.settings import ClientSettings, EnsureSettings, UpSettings, node_url
 from chatlog.roles import ADMIN, NODE
-from tests.support import PYTHON, STORE
+from tests.support import PYTHON, SERVICE_ENV, STORE, status_of, wait_until
 
 
 def cli(
@@ -140,6 +142,27 @@ def test_ensure_stream_stops_at_once_on_credentials_nats_refuses(
     assert out.returncode == 1, out.stderr
     assert "refused the credentials" in out.stderr and "Authorization Violation" in out.stderr
     assert "gave up" not in out.stderr, out.stderr
+
+
+def test_a_node_whose_credentials_nats_refuses_keeps_trying_and_says_so(
+    bare_nats: NatsServer, tmp_path: Path
+) -> None:
+    """Unlike a one-shot command, a running service does not stop on refused credentials
+    (an operator may be fixing the Secret): it stays up, not ready, and logs each try."""
+    stranger = tmp_path / "stranger.nk"
+    stranger.write_bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+    port = free_port()
+    args = ["node", "--nats-url", bare_nats.config.url, "--port", str(port)]
+    env = {**SERVICE_ENV, "NATS_CREDS": str(stranger)}
+    node = Service("node", args, port, tmp_path / "node.log", env=env)
+    node.start()
+    try:
+        refusals = "refused the credentials"
+        wait_until(lambda: node.log_path.read_text().count(refusals) >= 3, 30, "three refusals")
+        assert node.proc is not None and node.proc.poll() is None
+        assert status_of(node.url + "/readyz") == 503
+    finally:
+        node.stop(10)
 
 
 def test_ensure_stream_gives_up_after_its_timeout() -> None:

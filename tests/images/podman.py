@@ -43,22 +43,18 @@ def env() -> dict[str, str]:
 
 
 def podman(
-    *args: str, check: bool = True, timeout: float = 120, input: bytes | None = None
+    *args: str, check: bool = True, timeout: float = 120, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run podman and capture its output; a failure names the command and what it said."""
-    out = subprocess.run(
+    result = subprocess.run(
         ["podman", *args],
         capture_output=True,
+        text=True,
+        errors="replace",
         env=env(),
         timeout=timeout,
         check=False,
         input=input,
-    )
-    result = subprocess.CompletedProcess(
-        out.args,
-        out.returncode,
-        out.stdout.decode(errors="replace"),
-        out.stderr.decode(errors="replace"),
     )
     if check and result.returncode != 0:
         raise PodmanError(f"podman {' '.join(args)}: exit {result.returncode}: {result.stderr}")

@@ -144,7 +144,7 @@ class Pod:
         out = podman("logs", self.container_name, check=False)
         return out.stdout + out.stderr
 
-    def exec(self, *command: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    def exec(self, *command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         args = ["exec", *(["--interactive"] if stdin is not None else []), self.container_name]
         return podman(*args, *command, check=False, input=stdin)
 

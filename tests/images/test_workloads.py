@@ -25,7 +25,7 @@ from nats.errors import TimeoutError as NoAnswer
 from chatlog.names import STREAM_NAME
 from chatlog.roles import NODE, PUBLISHER, inbox_prefix
 from tests.deploy.chart import JWKS_SECRET, RELEASE, Manifest, given, render, secrets_of
-from tests.deploy.test_chart_nats import hello
+from tests.deploy.test_chart_nats import hello, in_pod_script
 from tests.faults.checker import check
 from tests.faults.load import CHANNELS, Attempt, Load
 from tests.images.build import ARCHIVER_IMAGE, CHAT_IMAGE, STAND_IN_LABEL, nats_image
@@ -219,12 +219,6 @@ def test_pods_run_with_the_manifests_security_settings(release: Release) -> None
         assert {r["remote_name"] for r in routes} == set(release.nats) - {pod.name}, routes
 
 
-AS_PUBLISHER = """IFS= read -r NATS_PASSWORD; export NATS_PASSWORD NATS_USER=publisher
-exec nats "$@"
-"""
-"""smoke.sh's: the nats CLI in a chat pod as the publisher; the password on stdin."""
-
-
 def test_the_kubernetes_walkthrough(release: Release) -> None:
     """deploy/k3d/smoke.sh's steps, against the pods (the Ingress's routes are not run:
     each request goes to a pod, as the Ingress would send it)."""
@@ -249,12 +243,12 @@ def test_the_kubernetes_walkthrough(release: Release) -> None:
     published = pod.exec(
         "sh",
         "-c",
-        AS_PUBLISHER,
+        in_pod_script("AS_PUBLISHER"),
         "nats",
         "pub",
         "chat.default-channel",
         text,
-        stdin=(release.password(PUBLISHER) + "\n").encode(),
+        stdin=release.password(PUBLISHER) + "\n",
     )
     assert published.returncode == 0, published
 
